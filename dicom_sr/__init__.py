@@ -1,0 +1,55 @@
+"""Findings + source headers → DICOM SEG and TID 1500 SR; knows nothing about models.
+
+    dicom_sr.codes   the coded concepts radnode writes (plain values, no pydicom)
+    dicom_sr.uids    deterministic ``2.25.`` UIDs: a re-run replaces, never duplicates
+    dicom_sr.seg     build_seg: Findings.segments → BINARY Segmentation
+    dicom_sr.sr      build_sr: Findings.groups → Comprehensive 3D SR, TID 1500
+
+The names below are loaded on first use (PEP 562), so ``import dicom_sr.codes`` stays free of
+highdicom and of :mod:`inference`, which itself imports :mod:`dicom_sr.codes`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dicom_sr.codes import Code
+    from dicom_sr.seg import EncodingError, build_seg
+    from dicom_sr.sr import build_sr
+    from dicom_sr.uids import ResultKind, ResultUIDs, derive_uid, result_uids
+
+__all__ = [
+    "Code",
+    "EncodingError",
+    "ResultKind",
+    "ResultUIDs",
+    "build_seg",
+    "build_sr",
+    "derive_uid",
+    "result_uids",
+]
+
+_MODULE_OF = {
+    "Code": "dicom_sr.codes",
+    "EncodingError": "dicom_sr.seg",
+    "ResultKind": "dicom_sr.uids",
+    "ResultUIDs": "dicom_sr.uids",
+    "build_seg": "dicom_sr.seg",
+    "build_sr": "dicom_sr.sr",
+    "derive_uid": "dicom_sr.uids",
+    "result_uids": "dicom_sr.uids",
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _MODULE_OF[name]
+    except KeyError:
+        raise AttributeError(f"module 'dicom_sr' has no attribute {name!r}") from None
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

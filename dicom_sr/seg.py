@@ -1,0 +1,235 @@
+"""Findings → DICOM Segmentation (PS3.3 A.51 Segmentation IOD), BINARY, via highdicom.
+
+One segment per :attr:`Findings.segments` (Segment Description macro, PS3.3 C.8.20.4): category
+(CID 7150), property type (CID 7151), anatomic region (CID 4), recommended display colour in
+CIELab, tracking ID/UID, algorithm type AUTOMATIC with Algorithm Identification (C.8.20.2 /
+TID 4019). Only non-empty frames are encoded; every frame references its source slice and carries
+that slice's Image Position (Patient), so the SEG aligns pixel for pixel with the source series.
+
+Errors::
+
+    EncodingError (ValueError)   the findings and source cannot make a valid object; the message
+                                 names the rule. highdicom's own ValueError/TypeError are
+                                 translated here, once, with ``raise … from exc``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_sr import codes
+from dicom_sr.uids import derive_uid
+
+if TYPE_CHECKING:  # annotations only: inference.findings imports dicom_sr.codes
+    from inference.findings import Findings
+
+__all__ = ["MANUFACTURER", "EncodingError", "build_seg", "coded_concept"]
+
+#: General Equipment Manufacturer (0008,0070) of every object radnode writes.
+MANUFACTURER = "radnode"
+#: Device Serial Number (0018,1000) when the caller names none (Type 1 in Enhanced General Equipment).
+DEFAULT_DEVICE_SERIAL_NUMBER = "0"
+
+# PS3.5 6.2: Content Label is CS, 16 characters of [A-Z0-9 _].
+_CS_FORBIDDEN = re.compile(r"[^A-Z0-9 _]")
+_CS_MAX_LENGTH = 16
+_LO_MAX_LENGTH = 64
+
+
+class EncodingError(ValueError):
+    """Findings plus source headers cannot be encoded as a valid DICOM object."""
+
+
+def coded_concept(code: codes.Code) -> hd.sr.CodedConcept:
+    """The highdicom form of a radnode :class:`~dicom_sr.codes.Code`."""
+    return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
+
+
+@contextmanager
+def _copying_source_headers() -> Iterator[None]:
+    """Run highdicom constructors that copy the Patient and Study modules verbatim.
+
+    highdicom warns when Patient's Name has a single component ("Lung_Dx-A0001"): a value radnode
+    must copy unchanged, or the PACS files the result under another patient. Only that warning is
+    silenced; every other one still surfaces.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=r'The string ".*" is unlikely to represent the intended person name',
+            category=UserWarning,
+        )
+        yield
+
+
+def _drop_incomplete_study_references(dataset: pydicom.Dataset) -> None:
+    """Remove a copied Referenced Study Sequence whose items lack Referenced SOP Class UID.
+
+    highdicom copies the General Study module from the source; some archives (e.g. TCIA's) fill
+    this Type 3 sequence with items missing the Type 1 Referenced SOP Class UID (PS3.3 10.8
+    SOP Instance Reference macro), which makes the whole result fail validation.
+    """
+    sequence = dataset.get("ReferencedStudySequence")
+    if sequence is not None and any("ReferencedSOPClassUID" not in item for item in sequence):
+        del dataset.ReferencedStudySequence
+
+
+def _content_label(name: str) -> str:
+    label = _CS_FORBIDDEN.sub("_", name.upper())[:_CS_MAX_LENGTH].strip()
+    return label or "RADNODE"
+
+
+def _check_source(findings: Findings, source: Sequence[pydicom.Dataset]) -> tuple[int, int]:
+    """Check that ``source`` is the series the masks were computed on; return (rows, columns)."""
+    if not source:
+        raise EncodingError("build_seg needs the source slice headers, got none")
+    uids = tuple(str(ds.SOPInstanceUID) for ds in source)
+    if uids != findings.source_sop_instance_uids:
+        raise EncodingError(
+            "source headers must be in the order of findings.source_sop_instance_uids "
+            f"(mask slice i is source[i]); got {len(uids)} headers, "
+            f"{len(findings.source_sop_instance_uids)} UIDs in the findings"
+        )
+    for attribute in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        values = {ds.get(attribute) for ds in source}
+        if len(values) != 1 or None in values:
+            raise EncodingError(f"source slices must share one {attribute}, got {sorted(map(str, values))}")
+    shapes = {(int(ds.Rows), int(ds.Columns)) for ds in source}
+    if len(shapes) != 1:
+        raise EncodingError(f"source slices must share one Rows x Columns, got {sorted(shapes)}")
+    (shape,) = shapes
+    return shape
+
+
+def _pixel_array(findings: Findings, shape: tuple[int, int]) -> np.ndarray:
+    """One array for highdicom's constructor: a label map where segments are disjoint.
+
+    A label map (slices, rows, columns) of segment numbers is encoded about 5x faster by highdicom
+    than the stacked form (slices, rows, columns, segments), and yields the same BINARY frames.
+    Overlapping segments (a lobe inside a lung) cannot share a label map and are stacked.
+    """
+    segments = findings.segments
+    for segment in segments:
+        if segment.mask.shape[1:] != shape:
+            raise EncodingError(
+                f"segment {segment.label!r}: mask slices are {segment.mask.shape[1:]}, "
+                f"source images are {shape}"
+            )
+    dtype = np.uint8 if len(segments) < 256 else np.uint16
+    label_map = np.zeros(segments[0].mask.shape, dtype=dtype)
+    n_labelled = 0
+    for number, segment in enumerate(segments, start=1):
+        np.copyto(label_map, number, where=segment.mask)
+        n_labelled += int(np.count_nonzero(segment.mask))
+    if np.count_nonzero(label_map) == n_labelled:
+        return label_map
+    return np.stack([segment.mask for segment in segments], axis=-1).view(np.uint8)
+
+
+def _segment_descriptions(
+    findings: Findings, sop_instance_uid: str
+) -> list[hd.seg.SegmentDescription]:
+    algorithm = findings.algorithm
+    parameters = {"model_sha256": algorithm.model_sha256} if algorithm.model_sha256 else None
+    identification = hd.AlgorithmIdentificationSequence(
+        name=algorithm.name,
+        family=coded_concept(codes.ARTIFICIAL_INTELLIGENCE),
+        version=algorithm.version,
+        source=MANUFACTURER,
+        parameters=parameters,
+    )
+    # A segment that a measurement group is about is tracked under that group's identifier, so
+    # the SEG segment and the SR group (TID 1411) carry the same Tracking ID and UID.
+    tracking_ids: dict[int, str] = {}
+    for group in findings.groups:
+        if group.segment is not None:
+            tracking_ids.setdefault(group.segment, group.tracking_id)
+    descriptions = []
+    for index, segment in enumerate(findings.segments):
+        tracking_id = tracking_ids.get(index, segment.label)
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=index + 1,
+                segment_label=segment.label,
+                segmented_property_category=coded_concept(segment.category),
+                segmented_property_type=coded_concept(segment.property_type),
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=identification,
+                tracking_id=tracking_id,
+                tracking_uid=derive_uid(sop_instance_uid, "tracking", tracking_id),
+                anatomic_regions=(
+                    [coded_concept(segment.anatomic_region)] if segment.anatomic_region else None
+                ),
+                display_color=hd.color.CIELabColor.from_rgb(*segment.color_rgb),
+            )
+        )
+    return descriptions
+
+
+def build_seg(
+    findings: Findings,
+    source: Sequence[pydicom.Dataset],
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    instance_number: int = 1,
+    series_description: str | None = None,
+    manufacturer: str = MANUFACTURER,
+    device_serial_number: str = DEFAULT_DEVICE_SERIAL_NUMBER,
+    institution_name: str | None = None,
+) -> hd.seg.Segmentation:
+    """Encode ``findings.segments`` as one BINARY Segmentation of the ``source`` series.
+
+    ``source`` are the source slice headers in mask order (``source[i]`` ↔ ``mask[i]`` ↔
+    ``findings.source_sop_instance_uids[i]``); Pixel Data is not needed. The equipment is
+    (``manufacturer``, model = pipeline name, software version = pipeline version). Raises
+    :class:`EncodingError` naming the rule when the inputs do not fit together.
+    """
+    if not findings.segments:
+        raise EncodingError("findings have no segments: there is nothing to put in a SEG")
+    if not any(segment.mask.any() for segment in findings.segments):
+        raise EncodingError("every segment mask is empty: a SEG needs at least one frame")
+    shape = _check_source(findings, source)
+    algorithm = findings.algorithm
+    if series_description is None:
+        series_description = f"{algorithm.name} {algorithm.version} segmentation"[:_LO_MAX_LENGTH]
+    try:
+        descriptions = _segment_descriptions(findings, sop_instance_uid)
+        pixel_array = _pixel_array(findings, shape)
+        with _copying_source_headers():
+            seg = hd.seg.Segmentation(
+                source_images=list(source),
+                pixel_array=pixel_array,
+                segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                segment_descriptions=descriptions,
+                series_instance_uid=series_instance_uid,
+                series_number=series_number,
+                sop_instance_uid=sop_instance_uid,
+                instance_number=instance_number,
+                manufacturer=manufacturer,
+                manufacturer_model_name=algorithm.name,
+                software_versions=algorithm.version,
+                device_serial_number=device_serial_number,
+                institution_name=institution_name,
+                series_description=series_description,
+                content_label=_content_label(algorithm.name),
+                content_description=f"{algorithm.name} {algorithm.version}"[:_LO_MAX_LENGTH],
+                transfer_syntax_uid=ExplicitVRLittleEndian,
+                omit_empty_frames=True,
+            )
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, EncodingError):
+            raise
+        raise EncodingError(f"highdicom rejected the segmentation: {exc}") from exc
+    _drop_incomplete_study_references(seg)
+    return seg

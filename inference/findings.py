@@ -1,0 +1,92 @@
+"""What a pipeline found, independent of how it is encoded.
+
+A pipeline maps a :class:`~inference.volume.Volume` to :class:`Findings`; :mod:`dicom_sr` maps
+Findings plus the source headers to DICOM SEG and SR. Masks are numpy arrays on the exact source
+grid (slice, row, column in the Volume's slice order), so the encoders need no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dicom_sr.codes import Code
+
+__all__ = ["Algorithm", "Findings", "Measurement", "MeasurementGroup", "Segment"]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """Identifies what produced the findings (PS3.3 C.8.20.2 / TID 4019 Algorithm Identification)."""
+
+    name: str
+    version: str
+    model_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One numeric measurement: a TID 300 item with UCUM units."""
+
+    concept: Code
+    value: float
+    unit: Code
+    derivation: Code | None = None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment of a SEG: a binary mask with its meaning (PS3.3 C.8.20.4)."""
+
+    label: str
+    category: Code
+    property_type: Code
+    color_rgb: tuple[int, int, int]
+    mask: np.ndarray = field(repr=False)
+    anatomic_region: Code | None = None
+
+    def __post_init__(self) -> None:
+        if self.mask.dtype != np.bool_ or self.mask.ndim != 3:
+            raise ValueError(
+                f"segment {self.label!r}: mask must be a 3-D bool array, "
+                f"got {self.mask.dtype} with shape {self.mask.shape}"
+            )
+
+
+@dataclass(frozen=True)
+class MeasurementGroup:
+    """Measurements about one thing: a segment (TID 1411) or the series as a whole (TID 1501).
+
+    ``segment`` is the 0-based index into :attr:`Findings.segments`, or None for a group that is
+    not tied to one segment (e.g. both lungs together).
+    """
+
+    tracking_id: str
+    finding: Code
+    measurements: tuple[Measurement, ...]
+    segment: int | None = None
+    finding_site: Code | None = None
+
+
+@dataclass(frozen=True)
+class Findings:
+    """Everything one pipeline run produced for one series."""
+
+    algorithm: Algorithm
+    source_sop_instance_uids: tuple[str, ...]
+    segments: tuple[Segment, ...] = ()
+    groups: tuple[MeasurementGroup, ...] = ()
+    procedure_reported: Code | None = None  # e.g. CT of chest; None: the encoder's default
+
+    def __post_init__(self) -> None:
+        n = len(self.source_sop_instance_uids)
+        for seg in self.segments:
+            if seg.mask.shape[0] != n:
+                raise ValueError(
+                    f"segment {seg.label!r} has {seg.mask.shape[0]} slices but the source has {n}"
+                )
+        for group in self.groups:
+            if group.segment is not None and not 0 <= group.segment < len(self.segments):
+                raise ValueError(f"group {group.tracking_id!r} names segment {group.segment}, "
+                                 f"but there are {len(self.segments)} segments")

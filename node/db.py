@@ -1,0 +1,259 @@
+"""The database: every state a user may ask about is a row with a timestamp.
+
+    Study ─< Series ─< Instance
+               └─< Job ─< Result ─< Delivery
+
+SQLite (WAL, synchronous=FULL, so a commit survives power loss) is the embedded default;
+PostgreSQL is the production database, shared by listener and workers on several hosts.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Engine,
+    Enum,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+__all__ = [
+    "Database",
+    "Delivery",
+    "DeliveryState",
+    "Instance",
+    "Job",
+    "JobState",
+    "Result",
+    "Series",
+    "SeriesState",
+    "Study",
+    "utcnow",
+]
+
+UID = String(64)
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now; every timestamp in the database is UTC."""
+    return datetime.now(UTC)
+
+
+class _UTCDateTime(DateTime):
+    """SQLite drops time zones; give them back as UTC on the way out."""
+
+    def __init__(self) -> None:
+        super().__init__(timezone=True)
+
+    def result_processor(self, dialect, coltype):  # type: ignore[no-untyped-def]
+        parent = super().result_processor(dialect, coltype)
+
+        def process(value):  # type: ignore[no-untyped-def]
+            value = parent(value) if parent else value
+            if isinstance(value, datetime) and value.tzinfo is None:
+                return value.replace(tzinfo=UTC)
+            return value
+
+        return process
+
+
+class SeriesState(enum.StrEnum):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    NOT_APPLICABLE = "not_applicable"
+    FAILED = "failed"
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"
+    RETRYING = "retrying"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+def _state(kind: type[enum.StrEnum]) -> Enum:
+    return Enum(kind, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e])
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: _UTCDateTime()}
+
+
+class Study(Base):
+    __tablename__ = "study"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    first_received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id"))
+    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    series_description: Mapped[str] = mapped_column(String(64), default="")
+    calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    state: Mapped[SeriesState] = mapped_column(_state(SeriesState), default=SeriesState.RECEIVING)
+    # bumped each time the series completes; a late arrival makes a new revision and a new job
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    first_received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None]
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series", order_by="Instance.id")
+    jobs: Mapped[list[Job]] = relationship(back_populates="series", order_by="Job.id")
+
+
+class Instance(Base):
+    __tablename__ = "instance"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Job(Base):
+    """One pipeline run over one revision of one series (idempotent by the unique key).
+
+    ``pipeline_version`` is filled in by the worker that runs it: the version installed there.
+    """
+
+    __tablename__ = "job"
+    __table_args__ = (UniqueConstraint("series_id", "pipeline", "revision"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    pipeline: Mapped[str] = mapped_column(String(64))
+    pipeline_version: Mapped[str] = mapped_column(String(32), default="")
+    revision: Mapped[int] = mapped_column(Integer)
+    destinations: Mapped[list[str]] = mapped_column(JSON, default=list)
+    state: Mapped[JobState] = mapped_column(_state(JobState), default=JobState.QUEUED, index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    series: Mapped[Series] = relationship(back_populates="jobs")
+    results: Mapped[list[Result]] = relationship(back_populates="job", order_by="Result.id")
+
+
+class Result(Base):
+    """One DICOM object a job produced (SEG, SR), stored under the results folder."""
+
+    __tablename__ = "result"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="results")
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="result", order_by="Delivery.id")
+
+
+class Delivery(Base):
+    """One result to one destination: sent once, retried with backoff, or failed with why."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (UniqueConstraint("result_id", "destination"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("result.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    state: Mapped[DeliveryState] = mapped_column(
+        _state(DeliveryState), default=DeliveryState.PENDING, index=True
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    next_attempt_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+
+    result: Mapped[Result] = relationship(back_populates="deliveries")
+
+
+class Database:
+    """An engine plus a session factory; ``session()`` commits on success, rolls back on error."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = _make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def create_schema(self) -> None:
+        """Create missing tables (idempotent; every process may call it at start)."""
+        Base.metadata.create_all(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A unit of work: committed when the block ends, rolled back if it raises."""
+        with self._sessions.begin() as session:
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False}
+        )
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            # pysqlite's own transaction handling defers BEGIN; take it over so that writers
+            # take the lock at BEGIN IMMEDIATE and wait (busy timeout) instead of failing.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(connection):  # type: ignore[no-untyped-def]
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)

@@ -1,0 +1,75 @@
+"""Every error radnode raises on purpose, with a message a hospital admin can act on.
+
+    RadnodeError
+    ├── ConfigError             the YAML file is wrong (each problem names the key path and line)
+    ├── StorageError            an instance could not be stored
+    │   ├── InvalidInstance     the dataset itself is unusable (missing/invalid UIDs, undecodable)
+    │   └── OutOfSpace          the spool reached its free-space floor
+    └── DeliveryError           a result could not be sent to a destination
+        ├── DestinationUnreachable   network / association failure: retried with backoff
+        └── DestinationRefused       the peer answered with a failure status: not retried
+
+Third-party exceptions (pydicom, pynetdicom, OSError) are translated once, where they occur,
+with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DeliveryError",
+    "DestinationRefused",
+    "DestinationUnreachable",
+    "InvalidInstance",
+    "OutOfSpace",
+    "RadnodeError",
+    "StorageError",
+]
+
+
+class RadnodeError(Exception):
+    """Base class of radnode's own errors."""
+
+
+class ConfigError(RadnodeError):
+    """The configuration file is invalid; ``problems`` lists each one ("file:line: key: why")."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class StorageError(RadnodeError):
+    """An instance could not be stored."""
+
+
+class InvalidInstance(StorageError):
+    """The received dataset cannot be stored as it is (the message says which attribute).
+
+    ``undecodable`` distinguishes bytes that are not a dataset at all from a dataset that lacks
+    or mangles a required attribute; the listener answers them with different statuses.
+    """
+
+    def __init__(self, message: str, *, undecodable: bool = False) -> None:
+        self.undecodable = undecodable
+        super().__init__(message)
+
+
+class OutOfSpace(StorageError):
+    """Storing would take the spool below its configured free-space floor."""
+
+
+class DeliveryError(RadnodeError):
+    """A result could not be delivered."""
+
+
+class DestinationUnreachable(DeliveryError):
+    """The destination could not be reached or the association failed; worth retrying."""
+
+
+class DestinationRefused(DeliveryError):
+    """The destination answered with a failure status; retrying would not help."""
+
+    def __init__(self, message: str, status: int) -> None:
+        self.status = status
+        super().__init__(message)

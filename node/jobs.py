@@ -1,0 +1,187 @@
+"""Running one job: series on disk → Volume → pipeline → SEG + SR on disk → Delivery rows.
+
+The job row is the whole state: a worker that dies mid-job leaves it RUNNING, the broker
+re-delivers the message (acks_late), and the next worker runs it again; result UIDs are derived
+from the inputs, so the rerun writes the same objects again rather than new ones.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+
+from dicom_sr.seg import build_seg
+from dicom_sr.sr import build_sr
+from dicom_sr.uids import ResultKind, result_uids
+from inference.errors import NotApplicable, VolumeError
+from inference.findings import Findings
+from inference.pipelines import UnknownPipeline, create
+from inference.volume import Volume, load_series
+from node.config import Config
+from node.db import Database, Delivery, DeliveryState, Instance, Job, JobState, Result, utcnow
+from node.store import write_durably
+
+__all__ = ["JobRunner", "select_device"]
+
+log = logging.getLogger("radnode.jobs")
+
+SEG_SERIES_NUMBER = 9901
+SR_SERIES_NUMBER = 9902
+_FINISHED = (JobState.SUCCEEDED, JobState.NOT_APPLICABLE, JobState.FAILED)
+
+
+def select_device(choice: str) -> torch.device:
+    """``auto`` takes CUDA when it is there (logged either way), else the CPU."""
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        device = torch.device("cuda")
+    else:
+        device = torch.device("cpu")
+    log.info("pipelines run on %s", device)
+    return device
+
+
+@dataclass(frozen=True)
+class _Work:
+    job_id: int
+    pipeline: str
+    series_uid: str
+    study_uid: str
+    paths: tuple[Path, ...]
+    destinations: tuple[str, ...]
+
+
+class JobRunner:
+    """Runs jobs by id against the database and the spool."""
+
+    def __init__(self, config: Config, db: Database, device: torch.device) -> None:
+        self.config = config
+        self.db = db
+        self.device = device
+        self.results_dir = config.storage.results_dir
+
+    def run(self, job_id: int) -> list[int]:
+        """Run job ``job_id`` unless it already finished; return the ids of new deliveries."""
+        work = self._claim(job_id)
+        if work is None:
+            return []
+        started = time.monotonic()
+        try:
+            pipeline = create(work.pipeline)
+            volume = load_series(work.paths)
+            findings = pipeline.run(volume, self.device)
+            objects = self._encode(work, pipeline.version, volume, findings)
+        except NotApplicable as exc:
+            return self._finish(job_id, JobState.NOT_APPLICABLE, f"not applicable: {exc}")
+        except (VolumeError, UnknownPipeline) as exc:
+            return self._finish(job_id, JobState.FAILED, str(exc))
+        except Exception as exc:  # an unexpected bug must fail this job, not the worker
+            log.exception("job failed job=%d pipeline=%s", job_id, work.pipeline)
+            return self._finish(job_id, JobState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+        seconds = time.monotonic() - started
+        log.info(
+            "job done job=%d pipeline=%s series=%s seconds=%.2f",
+            job_id, work.pipeline, work.series_uid, seconds,
+        )
+        return self._record_results(work, pipeline.version, objects)
+
+    def _claim(self, job_id: int) -> _Work | None:
+        with self.db.session() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                log.warning("job %d does not exist; message dropped", job_id)
+                return None
+            if job.state in _FINISHED:
+                log.info("job %d already %s; skipped", job_id, job.state.value)
+                return None
+            job.state = JobState.RUNNING
+            job.started_at = utcnow()
+            job.attempts += 1
+            job.worker = socket.gethostname()
+            paths = session.scalars(
+                select(Instance.path).where(Instance.series_id == job.series_id)
+            ).all()
+            return _Work(
+                job_id=job.id,
+                pipeline=job.pipeline,
+                series_uid=job.series.series_instance_uid,
+                study_uid=job.series.study.study_instance_uid,
+                paths=tuple(Path(p) for p in paths),
+                destinations=tuple(job.destinations),
+            )
+
+    def _finish(self, job_id: int, state: JobState, reason: str) -> list[int]:
+        log.info("job ended job=%d state=%s reason=%s", job_id, state.value, reason)
+        with self.db.session() as session:
+            job = session.get(Job, job_id)
+            job.state = state
+            job.reason = reason
+            job.finished_at = utcnow()
+        return []
+
+    def _encode(
+        self, work: _Work, version: str, volume: Volume, findings: Findings
+    ) -> list[tuple[str, Dataset]]:
+        seg_uids, sr_uids = (
+            result_uids(work.series_uid, work.pipeline, version, findings.algorithm.model_sha256, kind)
+            for kind in (ResultKind.SEG, ResultKind.SR)
+        )
+        seg = build_seg(
+            findings,
+            volume.headers,
+            series_instance_uid=seg_uids.series_instance_uid,
+            sop_instance_uid=seg_uids.sop_instance_uid,
+            series_number=SEG_SERIES_NUMBER,
+        )
+        sr = build_sr(
+            findings,
+            volume.headers,
+            seg,
+            series_instance_uid=sr_uids.series_instance_uid,
+            sop_instance_uid=sr_uids.sop_instance_uid,
+            series_number=SR_SERIES_NUMBER,
+            procedure_reported=findings.procedure_reported,
+        )
+        return [("seg", seg), ("sr", sr)]
+
+    def _record_results(
+        self, work: _Work, version: str, objects: list[tuple[str, Dataset]]
+    ) -> list[int]:
+        rows = []
+        for kind, ds in objects:
+            path = self.results_dir / work.study_uid / f"{ds.SOPInstanceUID}.dcm"
+            buffer = io.BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            write_durably(path, buffer.getvalue())
+            rows.append((kind, ds, path))
+        with self.db.session() as session:
+            job = session.get(Job, work.job_id)
+            job.pipeline_version = version
+            deliveries = []
+            for kind, ds, path in rows:
+                result = Result(
+                    job_id=job.id,
+                    kind=kind,
+                    sop_class_uid=str(ds.SOPClassUID),
+                    sop_instance_uid=str(ds.SOPInstanceUID),
+                    series_instance_uid=str(ds.SeriesInstanceUID),
+                    path=str(path),
+                )
+                session.add(result)
+                deliveries.extend(
+                    Delivery(result=result, destination=name, state=DeliveryState.PENDING)
+                    for name in work.destinations
+                )
+            session.add_all(deliveries)
+            job.state = JobState.SUCCEEDED
+            job.reason = ""
+            job.finished_at = utcnow()
+            session.flush()
+            return [delivery.id for delivery in deliveries]

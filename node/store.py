@@ -1,0 +1,180 @@
+"""The spool: received instances, durably on disk, as ``<root>/<study>/<series>/<sop>.dcm``.
+
+Each file is written to a temporary name in its final folder, fsynced, renamed into place, and
+its folder fsynced, so after a crash a file is either complete or absent. UIDs are validated
+before they become path components (PS3.5 9.1: digits and dots, at most 64 characters), which
+also makes path traversal impossible.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import threading
+from io import BytesIO
+from pathlib import Path
+from typing import NamedTuple
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from node.errors import InvalidInstance, OutOfSpace, StorageError
+
+__all__ = ["InstanceHeader", "Spool", "read_header", "validate_uid", "write_durably"]
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # leading zeros are wrong, but seen from modalities
+UID_MAX_LENGTH = 64
+
+# Attributes the receive path reads; everything else (pixel data included) stays undecoded.
+_HEADER_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+)
+
+
+def validate_uid(value: object, keyword: str) -> str:
+    """Return ``value`` as a UID string, or raise InvalidInstance naming ``keyword``.
+
+    Leading zeros in a component are tolerated (older modalities write them) because they are
+    still safe as a path component; anything else that is not digits and dots is refused.
+    """
+    text = str(value or "").strip().rstrip("\x00")
+    if not text:
+        raise InvalidInstance(f"missing {keyword}")
+    if len(text) > UID_MAX_LENGTH or not _UID.match(text):
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise InvalidInstance(f"invalid {keyword} {shown!r}: a UID is digits and dots, max 64")
+    return text
+
+
+class InstanceHeader(NamedTuple):
+    """What the receive path needs to know about an instance."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str
+    series_number: int | None
+    series_description: str
+
+
+def _raw_text(ds: Dataset, keyword: str) -> str | None:
+    """An element's value as text, straight from its bytes: no VR validation, no warnings.
+
+    The receive path must not depend on how pydicom judges (and warns about) a bad value; the
+    checks that matter here are radnode's own (:func:`validate_uid`).
+    """
+    element = ds.get_item(keyword)
+    if element is None or element.value is None:
+        return None
+    value = element.value
+    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return text.strip("\x00 ")
+
+
+def read_header(part10: bytes) -> InstanceHeader:
+    """Read and validate the identifying attributes of a Part 10 byte string.
+
+    Only the named attributes are decoded; pixel data is never touched.
+    """
+    try:
+        ds = dcmread(BytesIO(part10), stop_before_pixels=True, specific_tags=list(_HEADER_KEYWORDS))
+        values = {keyword: _raw_text(ds, keyword) for keyword in _HEADER_KEYWORDS}
+    except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
+        raise InvalidInstance(f"cannot decode the dataset: {exc}", undecodable=True) from exc
+    if all(values[keyword] is None for keyword in _HEADER_KEYWORDS[:4]):
+        raise InvalidInstance(
+            "cannot decode the dataset: none of its SOP, study or series UIDs were found",
+            undecodable=True,
+        )
+    series_number = values["SeriesNumber"]
+    return InstanceHeader(
+        sop_class_uid=validate_uid(values["SOPClassUID"], "SOPClassUID"),
+        sop_instance_uid=validate_uid(values["SOPInstanceUID"], "SOPInstanceUID"),
+        study_instance_uid=validate_uid(values["StudyInstanceUID"], "StudyInstanceUID"),
+        series_instance_uid=validate_uid(values["SeriesInstanceUID"], "SeriesInstanceUID"),
+        modality=values["Modality"] or "",
+        series_number=int(series_number) if series_number and series_number.lstrip("+-").isdigit() else None,
+        series_description=values["SeriesDescription"] or "",
+    )
+
+
+class Spool:
+    """Durable storage of received instances under one root folder."""
+
+    def __init__(self, root: Path, min_free_bytes: int) -> None:
+        self.root = root
+        self.min_free_bytes = min_free_bytes
+
+    def path_for(self, header: InstanceHeader) -> Path:
+        """Where an instance lives; the UIDs were validated by :func:`read_header`."""
+        return (
+            self.root
+            / header.study_instance_uid
+            / header.series_instance_uid
+            / f"{header.sop_instance_uid}.dcm"
+        )
+
+    def free_bytes(self) -> int:
+        """Bytes free on the spool's file system (for the floor check and for status)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(self.root).free
+
+    def write(self, header: InstanceHeader, part10: bytes) -> Path:
+        """Write ``part10`` durably and return its path; raise OutOfSpace below the floor.
+
+        Re-writing an instance that is already stored replaces it atomically (a re-send).
+        """
+        if self.free_bytes() - len(part10) < self.min_free_bytes:
+            raise OutOfSpace(
+                f"spool {self.root} is at its free-space floor "
+                f"({self.min_free_bytes // 2**20} MiB); refusing new instances until space returns"
+            )
+        path = self.path_for(header)
+        try:
+            write_durably(path, part10)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:  # the floor was too low for a burst
+                raise OutOfSpace(f"spool {self.root} is full: {exc.strerror}") from exc
+            raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
+        return path
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` at ``path`` so that after a crash it is either complete or absent.
+
+    tmp file in the same folder → fsync → rename → fsync of the folder (and of new parents).
+    """
+    folder = path.parent
+    missing = [p for p in (folder.parent, folder) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(folder)
+    for created in missing:  # the new folders' own entries must survive a crash too
+        _fsync_dir(created.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,1 @@
+"""radnode tests (a package, so helpers import as ``tests.orthanc``, ``tests.dcmtk``)."""

@@ -1,0 +1,149 @@
+"""A routed CT study comes back from radnode as DICOM SEG + SR in a real PACS (Orthanc).
+
+Orthanc → C-STORE → radnode (listener, completion, Celery worker, lung-qct) → C-STORE → Orthanc.
+Nothing is mocked: Orthanc, radnode and its worker are separate processes on loopback ports.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+import torch
+
+from inference.pipelines.lung_qct import LungQCT
+from inference.volume import load_series
+from tests.dciodvfy import check_iod
+from tests.node_process import RadnodeProcess
+from tests.orthanc import Orthanc, wait_for
+
+pytestmark = pytest.mark.slow
+
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+RESULT_TIMEOUT_S = 240
+
+
+def _result_series(pacs: Orthanc, study_id: str) -> dict[str, list[bytes]]:
+    """Result objects of the study in Orthanc by modality (SEG, SR), as stored files."""
+    found: dict[str, list[bytes]] = {}
+    for series in pacs.series_of_study(study_id):
+        modality = series["MainDicomTags"].get("Modality")
+        if modality in ("SEG", "SR"):
+            found[modality] = [
+                pacs.download_instance(instance["ID"])
+                for instance in pacs.instances_of_series(series["ID"])
+            ]
+    return found
+
+
+def _measurements_by_group(sr: pydicom.Dataset) -> dict[str, dict[str, float]]:
+    """{tracking identifier: {concept meaning (+ derivation): value}} from a TID 1500 report."""
+    report = hd.sr.MeasurementReport.from_sequence(sr.ContentSequence)
+    values: dict[str, dict[str, float]] = {}
+    groups = [
+        *report.get_volumetric_roi_measurement_and_qualitative_evaluation_groups(),
+        *report.get_planar_roi_measurement_and_qualitative_evaluation_groups(),
+        *report.get_image_measurement_and_qualitative_evaluation_groups(),
+    ]
+    for group in groups:
+        entries = {}
+        for measurement in group.get_measurements():
+            derivation = measurement.derivation
+            key = measurement.name.meaning + (f" ({derivation.meaning})" if derivation else "")
+            entries[key] = float(measurement.value)
+        values[group.tracking_identifier] = entries
+    return values
+
+
+def _expected_measurements(chest_ct_dir: Path) -> dict[str, dict[str, float]]:
+    findings = LungQCT().run(load_series(sorted(chest_ct_dir.glob("*.dcm"))), torch.device("cpu"))
+    return {
+        group.tracking_id: {
+            m.concept.meaning + (f" ({m.derivation.meaning})" if m.derivation else ""): m.value
+            for m in group.measurements
+        }
+        for group in findings.groups
+    }
+
+
+def test_ct_study_sent_by_orthanc_comes_back_as_seg_and_sr_in_the_same_study(
+    tmp_path: Path,
+    chest_ct_dir: Path,
+    orthanc_factory: Callable[..., Orthanc],
+) -> None:
+    pacs = orthanc_factory()
+    node = RadnodeProcess(
+        tmp_path / "radnode",
+        destinations={"pacs": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}},
+        routes=[{"match": {"Modality": "CT"}, "pipelines": ["lung-qct"], "send_to": ["pacs"]}],
+    )
+    pacs.add_modality("radnode", node.ae_title, "127.0.0.1", node.port)
+    sources = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p
+               for p in sorted(chest_ct_dir.glob("*.dcm"))}
+    source_headers = {uid: pydicom.dcmread(p, stop_before_pixels=True) for uid, p in sources.items()}
+    study_uid = next(iter(source_headers.values())).StudyInstanceUID
+
+    with node:
+        pacs.upload_folder(chest_ct_dir)
+        study_id = pacs.find_study(study_uid)
+        assert study_id is not None
+        pacs.send_to_modality("radnode", [study_id])
+        last_instance_sent = time.monotonic()
+        results = wait_for(
+            lambda: _result_series(pacs, study_id),
+            timeout=RESULT_TIMEOUT_S,
+            interval=1.0,
+            until=lambda found: "SEG" in found and "SR" in found,
+            what="SEG and SR from radnode in Orthanc",
+        )
+        turnaround_s = time.monotonic() - last_instance_sent
+        status = node.cli("status")
+    print(f"last instance sent → SEG+SR in Orthanc: {turnaround_s:.1f} s")
+
+    assert len(results["SEG"]) == 1 and len(results["SR"]) == 1
+    seg_file = tmp_path / "seg.dcm"
+    sr_file = tmp_path / "sr.dcm"
+    seg_file.write_bytes(results["SEG"][0])
+    sr_file.write_bytes(results["SR"][0])
+    seg = pydicom.dcmread(io.BytesIO(results["SEG"][0]))
+    sr = pydicom.dcmread(io.BytesIO(results["SR"][0]))
+
+    # Results join the source study and its frame of reference.
+    assert seg.SOPClassUID == SEG_SOP_CLASS
+    assert seg.StudyInstanceUID == study_uid and sr.StudyInstanceUID == study_uid
+    assert seg.FrameOfReferenceUID == next(iter(source_headers.values())).FrameOfReferenceUID
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Right lung", "Left lung"]
+
+    # Every frame references an existing source slice and sits exactly where that slice is.
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        referenced = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        assert referenced in source_headers
+        source_position = [float(v) for v in source_headers[referenced].ImagePositionPatient]
+        frame_position = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+        assert frame_position == pytest.approx(source_position, abs=1e-4)
+
+    # The SR's numbers are the pipeline's own numbers, run directly on the same series.
+    reported = _measurements_by_group(sr)
+    expected = _expected_measurements(chest_ct_dir)
+    assert reported.keys() == expected.keys()
+    for tracking_id, values in expected.items():
+        assert reported[tracking_id] == pytest.approx(values, rel=1e-6, abs=1e-6), tracking_id
+
+    check_iod(seg_file).assert_no_errors()
+    check_iod(sr_file).assert_no_errors()
+
+    # `radnode status` tells the story: job succeeded, both results sent to the PACS.
+    assert status.returncode == 0, status.stderr
+    assert "lung-qct" in status.stdout and "succeeded" in status.stdout
+    assert status.stdout.count("→ pacs  sent") == 2, status.stdout
+
+    # Logs carry UIDs, never the patient's name or ID.
+    header = next(iter(source_headers.values()))
+    log = node.log_path.read_text(errors="replace")
+    for phi in {str(header.PatientName), str(header.PatientID)} - {""}:
+        assert phi not in log

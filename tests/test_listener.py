@@ -1,0 +1,243 @@
+"""The listener stores durably before answering Success, and refuses bad input precisely.
+
+A real pynetdicom listener on a free loopback port, real files from tests/data, real SQLite; the
+peers are pynetdicom's SCU and DCMTK's echoscu/storescu.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pynetdicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
+from sqlalchemy import select
+
+from node.config import NodeConfig
+from node.db import Database, Instance, Series, SeriesState
+from node.dimse import StoreStatus
+from node.listener import AssociationTracker, Listener
+from node.store import Spool
+from tests.dcmtk import echoscu, storescu
+from tests.orthanc import wait_for
+from tests.ports import free_port
+
+AE_TITLE = "RADNODE"
+
+
+class _Node:
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        self.spool = Spool(root / "spool", min_free_bytes=0)
+        self.db = Database(f"sqlite:///{root / 'radnode.db'}")
+        self.db.create_schema()
+        self.tracker = AssociationTracker()
+        config = NodeConfig(ae_title=AE_TITLE, port=self.port, bind_address="127.0.0.1")
+        self.listener = Listener(config, self.spool, self.db, self.tracker)
+
+    def stored_uids(self) -> set[str]:
+        with self.db.session() as session:
+            return set(session.scalars(select(Instance.sop_instance_uid)))
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[_Node]:
+    node = _Node(tmp_path)
+    node.listener.start()
+    yield node
+    node.listener.stop()
+    node.db.dispose()
+
+
+@pytest.fixture(autouse=True)
+def send_files_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make pynetdicom put a file's bytes on the wire undecoded, as a broken modality would."""
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
+
+
+@pytest.fixture
+def association(node: _Node) -> Iterator:
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CTImageStorage, [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    yield assoc
+    if assoc.is_established:
+        assoc.release()
+
+
+def _slices(chest_ct_dir: Path, count: int) -> list[Path]:
+    return sorted(chest_ct_dir.glob("*.dcm"))[:count]
+
+
+def _write_with_body(path: Path, template: Path, body: bytes) -> Path:
+    """A Part 10 file whose meta comes from a real file and whose dataset bytes are ``body``."""
+    meta_end = _meta_end(template)
+    path.write_bytes(template.read_bytes()[:meta_end] + body)
+    return path
+
+
+def _meta_end(path: Path) -> int:
+    with open(path, "rb") as handle:
+        pydicom.filereader.read_preamble(handle, force=False)
+        pydicom.filereader._read_file_meta_info(handle)
+        return handle.tell()
+
+
+def test_success_is_answered_only_after_the_file_and_its_row_exist(
+    node: _Node, association, chest_ct_dir: Path
+) -> None:
+    for path in _slices(chest_ct_dir, 3):
+        ds = pydicom.dcmread(path)
+        status = association.send_c_store(path)
+        assert status.Status == StoreStatus.SUCCESS
+        # At the moment Success arrived, the row was committed (another connection sees it) …
+        with node.db.session() as session:
+            row = session.scalar(
+                select(Instance).where(Instance.sop_instance_uid == ds.SOPInstanceUID)
+            )
+        assert row is not None
+        # … and the file is complete: the received bytes, decodable, pixel data intact.
+        stored = pydicom.dcmread(row.path)
+        assert stored.SOPInstanceUID == ds.SOPInstanceUID
+        assert stored.PixelData == ds.PixelData
+        assert Path(row.path) == node.spool.root / ds.StudyInstanceUID / ds.SeriesInstanceUID / (
+            f"{ds.SOPInstanceUID}.dcm"
+        )
+    assert not list(node.spool.root.rglob("*.tmp")), "no temporary file may remain"
+
+
+def test_free_space_floor_answers_out_of_resources_and_the_association_goes_on(
+    node: _Node, association, chest_ct_dir: Path
+) -> None:
+    first, second = _slices(chest_ct_dir, 2)
+    node.spool.min_free_bytes = 2**62  # more than any disk: the floor is reached
+    refused = association.send_c_store(first)
+    assert refused.Status == StoreStatus.OUT_OF_RESOURCES
+    assert "free-space floor" in refused.ErrorComment
+    node.spool.min_free_bytes = 0  # space returns
+    accepted = association.send_c_store(second)
+    assert accepted.Status == StoreStatus.SUCCESS
+    assert node.stored_uids() == {pydicom.dcmread(second, stop_before_pixels=True).SOPInstanceUID}
+    assert not [p for p in node.spool.root.rglob("*") if p.is_file() and p.suffix != ".dcm"]
+
+
+def test_non_dicom_bytes_get_cannot_understand_and_a_log_line(
+    node: _Node, association, chest_ct_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    template = _slices(chest_ct_dir, 1)[0]
+    garbage = _write_with_body(tmp_path / "garbage.dcm", template, b"this is not a dataset\x00" * 40)
+    with caplog.at_level(logging.WARNING, logger="radnode.listener"):
+        status = association.send_c_store(garbage)
+    assert status.Status == StoreStatus.CANNOT_DECODE
+    assert "cannot decode" in status.ErrorComment
+    assert any("instance refused" in r.getMessage() for r in caplog.records)
+    assert node.stored_uids() == set()
+    # the same association still serves a good instance
+    assert association.send_c_store(template).Status == StoreStatus.SUCCESS
+
+
+def test_truncated_dataset_is_refused_without_storing_anything(
+    node: _Node, association, chest_ct_dir: Path, tmp_path: Path
+) -> None:
+    template = _slices(chest_ct_dir, 1)[0]
+    body = template.read_bytes()[_meta_end(template):]
+    truncated = _write_with_body(tmp_path / "truncated.dcm", template, body[:300])
+    status = association.send_c_store(truncated)
+    assert status.Status in (StoreStatus.CANNOT_DECODE, StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS)
+    assert node.stored_uids() == set()
+    assert not list(node.spool.root.rglob("*.dcm"))
+
+
+@pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+def test_dataset_missing_a_uid_is_refused_naming_it(
+    node: _Node, association, chest_ct_dir: Path, tmp_path: Path, keyword: str
+) -> None:
+    ds = pydicom.dcmread(_slices(chest_ct_dir, 1)[0])
+    sop_uid = ds.SOPInstanceUID
+    delattr(ds, keyword)
+    path = tmp_path / "missing.dcm"
+    ds.save_as(path)
+    if keyword == "SOPInstanceUID":  # pynetdicom needs it for the request: keep it there only
+        ds.SOPInstanceUID = sop_uid
+        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        path = _write_with_body(path, path, _encode_without(ds, keyword))
+    status = association.send_c_store(path)
+    assert status.Status == StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+    assert keyword in status.ErrorComment
+    assert node.stored_uids() == set()
+
+
+def _encode_without(ds: Dataset, keyword: str) -> bytes:
+    copy = Dataset(ds)
+    delattr(copy, keyword)
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    write_dataset(buffer, copy)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("bad_uid", ["../../../../tmp/escaped", "1.2.3/../../4", "1.2.3\\4"])
+def test_uid_that_would_escape_the_spool_is_refused(
+    node: _Node, association, chest_ct_dir: Path, tmp_path: Path, bad_uid: str
+) -> None:
+    ds = pydicom.dcmread(_slices(chest_ct_dir, 1)[0])
+    with warnings.catch_warnings():  # pydicom rightly warns about the invalid UID we make
+        warnings.simplefilter("ignore", UserWarning)
+        ds.SeriesInstanceUID = bad_uid
+    path = tmp_path / "escape.dcm"
+    ds.save_as(path)
+    status = association.send_c_store(path)
+    assert status.Status == StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+    assert "SeriesInstanceUID" in status.ErrorComment
+    assert node.stored_uids() == set()
+    assert not list(tmp_path.parent.rglob("escaped*"))
+    assert not list(node.spool.root.rglob("*.dcm"))
+
+
+def test_resent_instance_is_stored_once_and_reopens_its_series(
+    node: _Node, association, chest_ct_dir: Path
+) -> None:
+    path = _slices(chest_ct_dir, 1)[0]
+    assert association.send_c_store(path).Status == StoreStatus.SUCCESS
+    with node.db.session() as session:
+        session.scalars(select(Series)).one().state = SeriesState.COMPLETE
+    assert association.send_c_store(path).Status == StoreStatus.SUCCESS
+    with node.db.session() as session:
+        assert len(session.scalars(select(Instance)).all()) == 1
+        assert session.scalars(select(Series)).one().state == SeriesState.RECEIVING
+
+
+def test_dcmtk_echoscu_and_storescu_work_against_the_listener(
+    node: _Node, chest_ct_dir: Path
+) -> None:
+    assert echoscu("127.0.0.1", node.port, AE_TITLE).returncode == 0
+    files = _slices(chest_ct_dir, 5)
+    result = storescu("127.0.0.1", node.port, AE_TITLE, files)
+    assert result.returncode == 0, result.stderr
+    expected = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in files}
+    assert node.stored_uids() == expected
+
+
+def test_open_association_keeps_its_series_busy_until_released(
+    node: _Node, chest_ct_dir: Path
+) -> None:
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CTImageStorage, ImplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=AE_TITLE)
+    path = _slices(chest_ct_dir, 1)[0]
+    assert assoc.send_c_store(path).Status == StoreStatus.SUCCESS
+    series_uid = pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID
+    assert node.tracker.busy_series() == {series_uid}
+    assoc.release()
+    wait_for(node.tracker.busy_series, until=lambda busy: not busy, timeout=5, what="release")

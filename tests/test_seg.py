@@ -1,0 +1,320 @@
+"""dicom_sr.seg and dicom_sr.uids on a real chest CT: validity, alignment, exact round trip."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import UID, ExplicitVRLittleEndian, SegmentationStorage
+
+from dicom_sr import codes
+from dicom_sr.seg import EncodingError, build_seg
+from dicom_sr.uids import ResultKind, derive_uid, result_uids
+from inference.findings import Algorithm, Findings, Measurement, MeasurementGroup, Segment
+from tests.dciodvfy import check_entities, check_iod
+
+CHEST_CT = Path(__file__).parent / "data" / "ct_chest_lungdx_a0001"
+ALGORITHM = Algorithm(name="lung-qct", version="1.2.0", model_sha256="3f" * 32)
+SEG_SERIES_NUMBER = 1001
+
+# Slices each test segment covers, so that both segments have empty slices to omit.
+RIGHT_SLICES = slice(4, 56)
+LEFT_SLICES = slice(10, 64)
+
+
+def load_chest_ct() -> tuple[list[pydicom.Dataset], np.ndarray]:
+    """The source headers (read without Pixel Data, as the node does) and the HU volume."""
+    files = sorted(CHEST_CT.glob("*.dcm"))
+    full = sorted((pydicom.dcmread(f) for f in files), key=lambda ds: int(ds.InstanceNumber))
+    hu = np.stack(
+        [ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in full]
+    ).astype(np.float32)
+    order = {ds.SOPInstanceUID: i for i, ds in enumerate(full)}
+    headers = sorted(
+        (pydicom.dcmread(f, stop_before_pixels=True) for f in files),
+        key=lambda ds: order[ds.SOPInstanceUID],
+    )
+    assert "PixelData" not in headers[0]
+    return headers, hu
+
+
+def lung_masks(hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Crude lungs from the real pixels: air-like voxels inside the thorax, split left/right."""
+    airlike = (hu > -1000) & (hu < -400)
+    right = np.zeros_like(airlike)
+    left = np.zeros_like(airlike)
+    # Patient right is image left in this HFS axial series (first column at x = -228 mm).
+    right[RIGHT_SLICES, 120:400, 60:256] = airlike[RIGHT_SLICES, 120:400, 60:256]
+    left[LEFT_SLICES, 120:400, 256:452] = airlike[LEFT_SLICES, 120:400, 256:452]
+    return right, left
+
+
+def lung_findings(headers: list[pydicom.Dataset], hu: np.ndarray) -> Findings:
+    """Findings as the lung pipeline makes them: two lung segments, three measurement groups."""
+    right, left = lung_masks(hu)
+    row_mm, column_mm = (float(v) for v in headers[0].PixelSpacing)
+    voxel_ml = row_mm * column_mm * float(headers[0].SliceThickness) / 1000.0
+    both = right | left
+
+    def lung_group(tracking_id: str, mask: np.ndarray, index: int, site: codes.Code) -> MeasurementGroup:
+        return MeasurementGroup(
+            tracking_id=tracking_id,
+            finding=codes.LUNG,
+            finding_site=site,
+            segment=index,
+            measurements=(
+                Measurement(codes.VOLUME, float(mask.sum()) * voxel_ml, codes.UNIT_MILLILITER),
+                Measurement(
+                    codes.ATTENUATION_COEFFICIENT,
+                    float(hu[mask].mean()),
+                    codes.UNIT_HOUNSFIELD,
+                    derivation=codes.MEAN,
+                ),
+            ),
+        )
+
+    return Findings(
+        algorithm=ALGORITHM,
+        source_sop_instance_uids=tuple(ds.SOPInstanceUID for ds in headers),
+        segments=(
+            Segment("Right lung", codes.ANATOMICAL_STRUCTURE, codes.RIGHT_LUNG, (128, 174, 128), right,
+                    anatomic_region=codes.CHEST),
+            Segment("Left lung", codes.ANATOMICAL_STRUCTURE, codes.LEFT_LUNG, (241, 214, 145), left),
+        ),
+        groups=(
+            lung_group("right-lung", right, 0, codes.RIGHT_LUNG),
+            lung_group("left-lung", left, 1, codes.LEFT_LUNG),
+            MeasurementGroup(
+                tracking_id="both-lungs",
+                finding=codes.LUNG,
+                finding_site=codes.LUNG,
+                measurements=(
+                    Measurement(codes.VOLUME, float(both.sum()) * voxel_ml, codes.UNIT_MILLILITER),
+                    Measurement(codes.LOW_ATTENUATION_AREA_950,
+                                100.0 * float((hu[both] < -950).mean()), codes.UNIT_PERCENT),
+                    Measurement(codes.PERCENTILE_15, float(np.percentile(hu[both], 15)),
+                                codes.UNIT_HOUNSFIELD),
+                ),
+            ),
+        ),
+    )
+
+
+def seg_for(findings: Findings, headers: list[pydicom.Dataset]) -> hd.seg.Segmentation:
+    uids = result_uids(headers[0].SeriesInstanceUID, ALGORITHM.name, ALGORITHM.version,
+                       ALGORITHM.model_sha256, ResultKind.SEG)
+    return build_seg(findings, headers, series_instance_uid=uids.series_instance_uid,
+                     sop_instance_uid=uids.sop_instance_uid, series_number=SEG_SERIES_NUMBER)
+
+
+def decode_frames(seg: pydicom.Dataset, source_uids: tuple[str, ...]) -> dict[int, np.ndarray]:
+    """Rebuild each segment's mask on the source grid from the written frames, by hand."""
+    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
+    index = {uid: i for i, uid in enumerate(source_uids)}
+    masks = {
+        int(item.SegmentNumber): np.zeros((len(source_uids), seg.Rows, seg.Columns), dtype=bool)
+        for item in seg.SegmentSequence
+    }
+    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        (source_item,) = group.DerivationImageSequence[0].SourceImageSequence
+        masks[number][index[source_item.ReferencedSOPInstanceUID]] = frame.astype(bool)
+    return masks
+
+
+@pytest.fixture(scope="module")
+def chest_ct() -> tuple[list[pydicom.Dataset], np.ndarray]:
+    return load_chest_ct()
+
+
+@pytest.fixture(scope="module")
+def findings(chest_ct: tuple[list[pydicom.Dataset], np.ndarray]) -> Findings:
+    return lung_findings(*chest_ct)
+
+
+@pytest.fixture(scope="module")
+def seg_file(chest_ct, findings, tmp_path_factory) -> Path:
+    headers, _ = chest_ct
+    path = tmp_path_factory.mktemp("seg") / "seg.dcm"
+    seg_for(findings, headers).save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def seg(seg_file: Path) -> pydicom.Dataset:
+    return pydicom.dcmread(seg_file)
+
+
+# --- UIDs -------------------------------------------------------------------------------------
+
+
+def test_derive_uid_is_deterministic_valid_and_unambiguous() -> None:
+    uid = derive_uid("1.2.3", "lung-qct", "1.2.0", "", "seg")
+    assert uid == derive_uid("1.2.3", "lung-qct", "1.2.0", "", "seg")
+    assert re.fullmatch(r"2\.25\.(0|[1-9][0-9]*)", uid) and len(uid) <= 64
+    assert UID(uid).is_valid
+    assert int(uid.removeprefix("2.25.")) < 2**128
+    assert derive_uid("a.b", "c") != derive_uid("a", "b.c")
+
+
+def test_result_uids_identify_source_pipeline_model_and_kind() -> None:
+    base = ("1.2.3", "lung-qct", "1.2.0", "ab" * 32)
+    seg = result_uids(*base, ResultKind.SEG)
+    assert seg == result_uids(*base, "seg")
+    assert seg.series_instance_uid != seg.sop_instance_uid
+    others = [
+        result_uids(*base, ResultKind.SR),
+        result_uids("1.2.4", *base[1:], ResultKind.SEG),
+        result_uids(base[0], base[1], "1.2.1", base[3], ResultKind.SEG),
+        result_uids(*base[:3], None, ResultKind.SEG),
+    ]
+    assert len({seg.sop_instance_uid, *(o.sop_instance_uid for o in others)}) == 5
+    assert result_uids(*base[:3], None, "seg") == result_uids(*base[:3], "", "seg")
+
+
+# --- SEG --------------------------------------------------------------------------------------
+
+
+def test_seg_passes_dciodvfy_without_errors(seg_file: Path) -> None:
+    check_iod(seg_file).assert_no_errors()
+
+
+def test_seg_is_consistent_with_source_series_per_dcentvfy(seg_file: Path) -> None:
+    check_entities([*sorted(CHEST_CT.glob("*.dcm")), seg_file]).assert_no_errors()
+
+
+def test_seg_is_binary_explicit_vr_little_endian(seg: pydicom.Dataset) -> None:
+    assert seg.SOPClassUID == SegmentationStorage
+    assert seg.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert seg.SegmentationType == "BINARY"
+    assert seg.BitsAllocated == 1
+
+
+def test_seg_encodes_only_non_empty_frames(seg, findings) -> None:
+    expected = {
+        (number, slice_index)
+        for number, segment in enumerate(findings.segments, start=1)
+        for slice_index in np.flatnonzero(segment.mask.any(axis=(1, 2)))
+    }
+    index = {uid: i for i, uid in enumerate(findings.source_sop_instance_uids)}
+    encoded = {
+        (
+            int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber),
+            index[group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID],
+        )
+        for group in seg.PerFrameFunctionalGroupsSequence
+    }
+    assert encoded == expected
+    assert int(seg.NumberOfFrames) == len(expected) < 2 * len(index)
+
+
+def test_seg_frames_align_with_source_slices(seg, chest_ct) -> None:
+    headers, _ = chest_ct
+    position = {ds.SOPInstanceUID: [float(v) for v in ds.ImagePositionPatient] for ds in headers}
+    for group in seg.PerFrameFunctionalGroupsSequence:
+        (source_item,) = group.DerivationImageSequence[0].SourceImageSequence
+        frame_position = [float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient]
+        assert frame_position == position[source_item.ReferencedSOPInstanceUID]
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == [
+        float(v) for v in headers[0].ImageOrientationPatient
+    ]
+    assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == [
+        float(v) for v in headers[0].PixelSpacing
+    ]
+    assert (seg.Rows, seg.Columns) == (headers[0].Rows, headers[0].Columns)
+
+
+def test_seg_masks_round_trip_exactly(seg, findings) -> None:
+    decoded = decode_frames(seg, findings.source_sop_instance_uids)
+    for number, segment in enumerate(findings.segments, start=1):
+        np.testing.assert_array_equal(decoded[number], segment.mask)
+
+
+def test_seg_overlapping_segments_round_trip_exactly(chest_ct, findings, tmp_path) -> None:
+    headers, _ = chest_ct
+    right, left = (segment.mask for segment in findings.segments)
+    both = Segment("Lungs", codes.ANATOMICAL_STRUCTURE, codes.LUNG, (197, 165, 145), right | left)
+    overlapping = Findings(ALGORITHM, findings.source_sop_instance_uids, (*findings.segments, both))
+    path = tmp_path / "overlapping.dcm"
+    seg_for(overlapping, headers).save_as(path, enforce_file_format=True)
+    decoded = decode_frames(pydicom.dcmread(path), findings.source_sop_instance_uids)
+    for number, segment in enumerate(overlapping.segments, start=1):
+        np.testing.assert_array_equal(decoded[number], segment.mask)
+
+
+def test_seg_keeps_study_frame_of_reference_and_patient(seg, chest_ct) -> None:
+    headers, _ = chest_ct
+    source = headers[0]
+    for keyword in ("StudyInstanceUID", "FrameOfReferenceUID", "PatientID", "PatientName",
+                    "PatientSex", "PatientAge", "StudyDate", "StudyTime", "AccessionNumber"):
+        assert seg[keyword].value == source[keyword].value, keyword
+    assert seg.SeriesInstanceUID != source.SeriesInstanceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+
+
+def test_seg_describes_segments_with_codes_colours_and_algorithm(seg, findings) -> None:
+    assert len(seg.SegmentSequence) == len(findings.segments)
+    for item, segment in zip(seg.SegmentSequence, findings.segments, strict=True):
+        assert item.SegmentLabel == segment.label
+        category = item.SegmentedPropertyCategoryCodeSequence[0]
+        assert (category.CodeValue, category.CodingSchemeDesignator) == ("91723000", "SCT")
+        prop = item.SegmentedPropertyTypeCodeSequence[0]
+        assert (prop.CodeValue, prop.CodingSchemeDesignator, prop.CodeMeaning) == (
+            segment.property_type.value, segment.property_type.scheme, segment.property_type.meaning)
+        if segment.anatomic_region is None:
+            assert "AnatomicRegionSequence" not in item
+        else:
+            assert item.AnatomicRegionSequence[0].CodeValue == segment.anatomic_region.value
+        lab = hd.color.CIELabColor.from_rgb(*segment.color_rgb).value
+        assert tuple(item.RecommendedDisplayCIELabValue) == tuple(lab)
+        assert item.SegmentAlgorithmType == "AUTOMATIC"
+        (algorithm,) = item.SegmentationAlgorithmIdentificationSequence
+        assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("lung-qct", "1.2.0")
+        assert algorithm.AlgorithmParameters == f"model_sha256={ALGORITHM.model_sha256}"
+        assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"
+        assert UID(item.TrackingUID).is_valid
+    # A segment a group is about carries that group's tracking identifier.
+    assert [item.TrackingID for item in seg.SegmentSequence] == ["right-lung", "left-lung"]
+    assert (seg.Manufacturer, seg.ManufacturerModelName, seg.SoftwareVersions) == (
+        "radnode", "lung-qct", "1.2.0")
+
+
+def test_seg_is_deterministic(chest_ct, findings, seg) -> None:
+    headers, _ = chest_ct
+    again = seg_for(findings, headers)
+    assert (again.SeriesInstanceUID, again.SOPInstanceUID) == (seg.SeriesInstanceUID, seg.SOPInstanceUID)
+    assert [i.TrackingUID for i in again.SegmentSequence] == [i.TrackingUID for i in seg.SegmentSequence]
+    assert again.SeriesInstanceUID.startswith("2.25.")
+
+
+def test_seg_accepts_headers_with_pixel_data_deleted(findings, tmp_path) -> None:
+    files = sorted(CHEST_CT.glob("*.dcm"))
+    by_uid = {}
+    for f in files:
+        ds = pydicom.dcmread(f)
+        del ds.PixelData
+        by_uid[ds.SOPInstanceUID] = ds
+    stripped = [by_uid[uid] for uid in findings.source_sop_instance_uids]
+    path = tmp_path / "seg.dcm"
+    seg_for(findings, stripped).save_as(path, enforce_file_format=True)
+    decoded = decode_frames(pydicom.dcmread(path), findings.source_sop_instance_uids)
+    np.testing.assert_array_equal(decoded[1], findings.segments[0].mask)
+
+
+def test_seg_rejects_source_headers_out_of_mask_order(chest_ct, findings) -> None:
+    headers, _ = chest_ct
+    with pytest.raises(EncodingError, match=r"order of findings\.source_sop_instance_uids"):
+        seg_for(findings, headers[::-1])
+
+
+def test_seg_rejects_findings_without_any_segment_pixel(chest_ct, findings) -> None:
+    headers, _ = chest_ct
+    empty = Segment("Nothing", codes.ANATOMICAL_STRUCTURE, codes.LUNG, (0, 0, 0),
+                    np.zeros_like(findings.segments[0].mask))
+    with pytest.raises(EncodingError, match="empty"):
+        seg_for(Findings(ALGORITHM, findings.source_sop_instance_uids, (empty,)), headers)

@@ -1,0 +1,213 @@
+"""dicom_sr.sr on a real chest CT: a valid TID 1500 report that reads back to the inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import UID, Comprehensive3DSRStorage, ExplicitVRLittleEndian
+
+from dicom_sr import codes
+from dicom_sr.seg import EncodingError
+from dicom_sr.sr import build_sr, device_observer_uid
+from dicom_sr.uids import ResultKind, result_uids
+from inference.findings import Findings, Measurement, MeasurementGroup
+from tests.dciodvfy import check_entities, check_iod
+from tests.test_seg import ALGORITHM, CHEST_CT, load_chest_ct, lung_findings, seg_for
+
+SR_SERIES_NUMBER = 1002
+
+
+def sr_for(findings: Findings, headers: list[pydicom.Dataset], seg: pydicom.Dataset | None,
+           **kwargs: object) -> hd.sr.Comprehensive3DSR:
+    uids = result_uids(headers[0].SeriesInstanceUID, ALGORITHM.name, ALGORITHM.version,
+                       ALGORITHM.model_sha256, ResultKind.SR)
+    return build_sr(findings, headers, seg, series_instance_uid=uids.series_instance_uid,
+                    sop_instance_uid=uids.sop_instance_uid, series_number=SR_SERIES_NUMBER,
+                    procedure_reported=codes.CT_OF_CHEST, **kwargs)
+
+
+def code_of(item: pydicom.Dataset) -> tuple[str, str, str]:
+    return (item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning)
+
+
+def as_tuple(code: codes.Code) -> tuple[str, str, str]:
+    return (code.value, code.scheme, code.meaning)
+
+
+def procedures_reported(sr: pydicom.Dataset) -> list[tuple[str, str, str]]:
+    """TID 1500 row 4, "Procedure reported" (DCM 121058), as (value, scheme, meaning)."""
+    return [
+        code_of(item.ConceptCodeSequence[0])
+        for item in sr.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == "121058"
+    ]
+
+
+@pytest.fixture(scope="module")
+def chest_ct() -> tuple[list[pydicom.Dataset], np.ndarray]:
+    return load_chest_ct()
+
+
+@pytest.fixture(scope="module")
+def findings(chest_ct) -> Findings:
+    return lung_findings(*chest_ct)
+
+
+@pytest.fixture(scope="module")
+def written(chest_ct, findings, tmp_path_factory) -> tuple[Path, Path]:
+    """(SEG file, SR file) as the node writes them."""
+    headers, _ = chest_ct
+    folder = tmp_path_factory.mktemp("results")
+    seg = seg_for(findings, headers)
+    seg.save_as(folder / "seg.dcm", enforce_file_format=True)
+    sr_for(findings, headers, seg).save_as(folder / "sr.dcm", enforce_file_format=True)
+    return folder / "seg.dcm", folder / "sr.dcm"
+
+
+@pytest.fixture(scope="module")
+def seg(written) -> pydicom.Dataset:
+    return pydicom.dcmread(written[0])
+
+
+@pytest.fixture(scope="module")
+def sr(written) -> hd.sr.Comprehensive3DSR:
+    return hd.sr.srread(written[1])
+
+
+@pytest.fixture(scope="module")
+def report(sr) -> hd.sr.MeasurementReport:
+    return hd.sr.MeasurementReport.from_sequence(sr.content)
+
+
+def test_sr_passes_dciodvfy_without_errors(written) -> None:
+    check_iod(written[1]).assert_no_errors()
+
+
+def test_sr_and_seg_are_consistent_with_source_series_per_dcentvfy(written) -> None:
+    check_entities([*sorted(CHEST_CT.glob("*.dcm")), *written]).assert_no_errors()
+
+
+def test_sr_is_comprehensive_3d_explicit_vr_little_endian(sr, chest_ct) -> None:
+    headers, _ = chest_ct
+    assert sr.SOPClassUID == Comprehensive3DSRStorage
+    assert sr.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert (sr.CompletionFlag, sr.VerificationFlag, sr.PreliminaryFlag) == (
+        "COMPLETE", "UNVERIFIED", "PRELIMINARY")
+    for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "PatientSex"):
+        assert sr[keyword].value == headers[0][keyword].value, keyword
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+
+
+def test_sr_measurements_read_back_equal_the_inputs(report, findings) -> None:
+    groups = report.get_volumetric_roi_measurement_groups() + report.get_image_measurement_groups()
+    by_tracking_id = {group.tracking_identifier: group for group in groups}
+    assert sorted(by_tracking_id) == sorted(g.tracking_id for g in findings.groups)
+    for expected in findings.groups:
+        group = by_tracking_id[expected.tracking_id]
+        assert code_of(group.finding_type) == as_tuple(expected.finding)
+        assert [code_of(site.value) for site in group.finding_sites] == [as_tuple(expected.finding_site)]
+        measurements = group.get_measurements()
+        assert len(measurements) == len(expected.measurements)
+        for got, want in zip(measurements, expected.measurements, strict=True):
+            assert code_of(got.name) == as_tuple(want.concept)
+            assert got.value == want.value  # exact: written as FD besides the 16-character DS
+            assert code_of(got.unit) == as_tuple(want.unit)
+            assert got.unit.scheme_designator == "UCUM"
+            if want.derivation is None:
+                assert got.derivation is None
+            else:
+                assert code_of(got.derivation) == as_tuple(want.derivation)
+
+
+def test_sr_groups_reference_their_seg_segment(report, seg, findings, chest_ct) -> None:
+    headers, _ = chest_ct
+    volumetric = report.get_volumetric_roi_measurement_groups()
+    expected = [g for g in findings.groups if g.segment is not None]
+    assert [g.tracking_identifier for g in volumetric] == [g.tracking_id for g in expected]
+    for group, want in zip(volumetric, expected, strict=True):
+        reference = group.referenced_segment
+        assert isinstance(reference, hd.sr.ReferencedSegment)
+        (sop_item,) = reference[0].ReferencedSOPSequence
+        assert sop_item.ReferencedSOPInstanceUID == seg.SOPInstanceUID
+        assert sop_item.ReferencedSOPClassUID == seg.SOPClassUID
+        assert sop_item.ReferencedSegmentNumber == want.segment + 1
+        assert reference.source_series_for_segmentation.value == headers[0].SeriesInstanceUID
+
+
+def test_sr_tracking_uids_match_the_seg_segments(report, seg) -> None:
+    segment_tracking = {item.TrackingID: item.TrackingUID for item in seg.SegmentSequence}
+    for group in report.get_volumetric_roi_measurement_groups():
+        assert group.tracking_uid == segment_tracking[group.tracking_identifier]
+    (whole,) = report.get_image_measurement_groups()
+    assert UID(whole.tracking_uid).is_valid
+    assert whole.tracking_uid not in segment_tracking.values()
+
+
+def test_sr_group_without_segment_references_the_source_images(report, findings) -> None:
+    (whole,) = report.get_image_measurement_groups()
+    referenced = [image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for image in whole.source_images]
+    assert referenced == list(findings.source_sop_instance_uids)
+
+
+def test_sr_evidence_lists_the_source_images_and_the_seg(sr, seg, findings) -> None:
+    evidence = {sop_uid for _, _, sop_uid, _ in sr.get_evidence(current_procedure_only=True)}
+    assert evidence == {*findings.source_sop_instance_uids, seg.SOPInstanceUID}
+
+
+def test_sr_observer_is_the_radnode_device(sr) -> None:
+    context = {
+        item.ConceptNameCodeSequence[0].CodeValue: item
+        for item in sr.ContentSequence
+        if item.RelationshipType == "HAS OBS CONTEXT"
+    }
+    assert context["121005"].ConceptCodeSequence[0].CodeValue == "121007"  # Observer Type: Device
+    assert device_observer_uid(ALGORITHM) == context["121012"].UID  # Device Observer UID
+    assert context["121013"].TextValue == "radnode"  # Device Observer Name
+    assert context["121014"].TextValue == "radnode"  # Device Observer Manufacturer
+    assert context["121015"].TextValue == "lung-qct"  # Device Observer Model Name
+    assert (sr.Manufacturer, sr.ManufacturerModelName, sr.SoftwareVersions) == (
+        "radnode", "lung-qct", "1.2.0")
+
+
+def test_sr_reports_the_procedure_and_private_coding_scheme(sr) -> None:
+    assert procedures_reported(sr) == [as_tuple(codes.CT_OF_CHEST)]
+    assert [item.CodingSchemeDesignator for item in sr.CodingSchemeIdentificationSequence] == [
+        codes.PRIVATE_SCHEME]
+
+
+def test_sr_is_deterministic(chest_ct, findings, seg, sr) -> None:
+    headers, _ = chest_ct
+    again = sr_for(findings, headers, seg)
+    assert (again.SeriesInstanceUID, again.SOPInstanceUID) == (sr.SeriesInstanceUID, sr.SOPInstanceUID)
+    assert again.SeriesInstanceUID != seg.SeriesInstanceUID
+    def whole_lung_tracking_uids(document: hd.sr.Comprehensive3DSR) -> list[str | None]:
+        report = hd.sr.MeasurementReport.from_sequence(document.content)
+        return [group.tracking_uid for group in report.get_image_measurement_groups()]
+
+    assert whole_lung_tracking_uids(again) == whole_lung_tracking_uids(sr)
+
+
+def test_sr_defaults_procedure_to_the_source_modality(chest_ct, findings, seg) -> None:
+    headers, _ = chest_ct
+    uids = result_uids(headers[0].SeriesInstanceUID, "x", "1", None, ResultKind.SR)
+    sr = build_sr(findings, headers, seg, series_instance_uid=uids.series_instance_uid,
+                  sop_instance_uid=uids.sop_instance_uid, series_number=SR_SERIES_NUMBER)
+    assert procedures_reported(sr) == [as_tuple(codes.CT_UNSPECIFIED_BODY_REGION)]
+
+
+def test_sr_without_seg_needs_groups_without_segments(chest_ct, findings, tmp_path) -> None:
+    headers, _ = chest_ct
+    with pytest.raises(EncodingError, match="no SEG was given"):
+        sr_for(findings, headers, None)
+    whole_only = Findings(
+        ALGORITHM, findings.source_sop_instance_uids,
+        groups=(MeasurementGroup("both-lungs", codes.LUNG,
+                                 (Measurement(codes.VOLUME, 5000.0, codes.UNIT_MILLILITER),)),),
+    )
+    path = tmp_path / "sr.dcm"
+    sr_for(whole_only, headers, None).save_as(path, enforce_file_format=True)
+    check_iod(path).assert_no_errors()
