@@ -58,7 +58,7 @@ def _spread(volume: Volume, findings: Findings) -> list[int]:
 
 def _tile(volume: Volume, findings: Findings, index: int) -> Image.Image:
     low, high = LUNG_WINDOW_HU
-    gray = ((volume.voxels[index].numpy() - low) / (high - low)).clip(0, 1) * 255
+    gray = ((volume.voxels[index].cpu().numpy() - low) / (high - low)).clip(0, 1) * 255
     rgb = np.repeat(gray[..., None], 3, axis=2)
     for segment in findings.segments:
         mask = segment.mask[index]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,6 @@ SPACING_TOLERANCE_MM = 0.01
 """Slice gaps may differ from the median gap by this much (or the relative tolerance, if larger)."""
 SPACING_TOLERANCE_RELATIVE = 0.01
 _READ_THREADS = min(8, os.cpu_count() or 1)
-_Where = Callable[[pydicom.Dataset], str]  # names a dataset's file and SOP Instance UID
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,12 +101,7 @@ def load_series(paths: Sequence[Path]) -> Volume:
         raise VolumeError("the series has no files")
     with ThreadPoolExecutor(_READ_THREADS) as pool:
         datasets = list(pool.map(_read, paths))
-    files = dict(zip((id(ds) for ds in datasets), paths, strict=True))
-
-    def where(ds: pydicom.Dataset) -> str:
-        return f"{files[id(ds)]} (SOP Instance UID {ds.get('SOPInstanceUID', '?')})"
-
-    _check_headers(datasets, where)
+    _check_headers(datasets)
     orientation = tuple(float(v) for v in datasets[0].ImageOrientationPatient)
     normal = np.asarray(_normal(orientation))
     along = np.array([float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient]))
@@ -124,7 +118,7 @@ def load_series(paths: Sequence[Path]) -> Volume:
         try:
             voxels[index] = ds.pixel_array
         except Exception as exc:  # pydicom raises many types for undecodable pixel data
-            raise VolumeError(f"cannot decode the pixel data of {where(ds)}: {exc}") from exc
+            raise VolumeError(f"cannot decode the pixel data of {_where(ds)}: {exc}") from exc
         del ds.PixelData
 
     with ThreadPoolExecutor(_READ_THREADS) as pool:
@@ -149,6 +143,11 @@ def load_series(paths: Sequence[Path]) -> Volume:
     )
 
 
+def _where(ds: pydicom.Dataset) -> str:
+    """Name a dataset's file and SOP Instance UID for an error message."""
+    return f"{ds.filename} (SOP Instance UID {ds.get('SOPInstanceUID', '?')})"
+
+
 def _read(path: Path) -> pydicom.Dataset:
     try:
         return pydicom.dcmread(path)
@@ -165,15 +164,15 @@ def _normal(orientation: Sequence[float]) -> tuple[float, float, float]:
     return float(x), float(y), float(z)
 
 
-def _check_headers(datasets: list[pydicom.Dataset], where: _Where) -> None:
+def _check_headers(datasets: list[pydicom.Dataset]) -> None:
     """Reject everything that keeps the files from being one regular stack, before decoding."""
     for ds in datasets:
         if "PixelData" not in ds:
-            raise VolumeError(f"{where(ds)} has no pixel data (not an image)")
+            raise VolumeError(f"{_where(ds)} has no pixel data (not an image)")
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise VolumeError(f"{where(ds)} is a multi-frame image; only single-frame series "
+            raise VolumeError(f"{_where(ds)} is a multi-frame image; only single-frame series "
                               "can be stacked")
-    _require_one("SeriesInstanceUID", datasets, where)
+    _require_one("SeriesInstanceUID", datasets)
     localizers = [ds for ds in datasets
                   if "LOCALIZER" in (str(v).upper() for v in ds.get("ImageType", []))]
     if localizers:
@@ -186,31 +185,31 @@ def _check_headers(datasets: list[pydicom.Dataset], where: _Where) -> None:
         missing = [ds for ds in datasets if ds.get(keyword) in (None, "")]
         if missing:
             raise VolumeError(f"{len(missing)} file(s) lack {keyword}, which is needed to place "
-                              f"slices in space, e.g. {where(missing[0])}")
+                              f"slices in space, e.g. {_where(missing[0])}")
     for keyword in ("FrameOfReferenceUID", "Rows", "Columns"):
-        _require_one(keyword, datasets, where)
+        _require_one(keyword, datasets)
     reference = np.asarray([float(v) for v in datasets[0].ImageOrientationPatient])
     spacing = np.asarray([float(v) for v in datasets[0].PixelSpacing])
     for ds in datasets[1:]:
         if np.abs(np.asarray([float(v) for v in ds.ImageOrientationPatient]) - reference).max() \
                 > ORIENTATION_TOLERANCE:
             raise VolumeError(
-                f"mixed orientations: {where(ds)} has ImageOrientationPatient "
-                f"{list(ds.ImageOrientationPatient)}, but {where(datasets[0])} has "
+                f"mixed orientations: {_where(ds)} has ImageOrientationPatient "
+                f"{list(ds.ImageOrientationPatient)}, but {_where(datasets[0])} has "
                 f"{reference.tolist()}")
         if np.abs(np.asarray([float(v) for v in ds.PixelSpacing]) - spacing).max() \
                 > ORIENTATION_TOLERANCE:
-            raise VolumeError(f"mixed PixelSpacing: {where(ds)} has {list(ds.PixelSpacing)}, "
-                              f"but {where(datasets[0])} has {spacing.tolist()}")
+            raise VolumeError(f"mixed PixelSpacing: {_where(ds)} has {list(ds.PixelSpacing)}, "
+                              f"but {_where(datasets[0])} has {spacing.tolist()}")
 
 
-def _require_one(keyword: str, datasets: list[pydicom.Dataset], where: _Where) -> None:
+def _require_one(keyword: str, datasets: list[pydicom.Dataset]) -> None:
     values = Counter(str(ds.get(keyword)) for ds in datasets)
     if len(values) > 1:
         common = values.most_common(1)[0][0]
         odd = next(ds for ds in datasets if str(ds.get(keyword)) != common)
         listed = ", ".join(f"{value} ({count} files)" for value, count in values.most_common())
-        raise VolumeError(f"mixed {keyword} in one series: {listed}; e.g. {where(odd)}")
+        raise VolumeError(f"mixed {keyword} in one series: {listed}; e.g. {_where(odd)}")
 
 
 def _slice_gap(along: np.ndarray, datasets: list[pydicom.Dataset]) -> float:

@@ -196,7 +196,9 @@ class StoreSCP:
                 return
             time.sleep(0.05)
         self.stop()
-        raise DcmtkError(f"storescp did not answer C-ECHO within {self.start_timeout_s:g} s:\n{self.log_tail()}")
+        raise DcmtkError(
+            f"storescp did not answer C-ECHO within {self.start_timeout_s:g} s:\n{self.log_tail()}"
+        )
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop storescp: SIGTERM, then SIGKILL after ``timeout_s``."""

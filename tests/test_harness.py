@@ -101,7 +101,9 @@ def test_send_to_an_unreachable_modality_raises_with_orthancs_reason(
 
 def test_wait_for_reports_what_it_last_saw_on_timeout() -> None:
     with pytest.raises(AssertionError, match=r"waiting for two studies; last saw: \['only-one'\]"):
-        wait_for(lambda: ["only-one"], timeout=0.2, interval=0.05, until=lambda s: len(s) == 2, what="two studies")
+        wait_for(
+            lambda: ["only-one"], timeout=0.2, interval=0.05, until=lambda s: len(s) == 2, what="two studies"
+        )
 
 
 def test_orthanc_that_cannot_start_raises_with_its_log(tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ MIN_LUNG_VOLUME_ML = 100.0
 TRACHEA_SEARCH_DEPTH_MM = 60.0
 """The trachea must appear within this distance below the most superior slice."""
 TRACHEA_MIN_AREA_MM2 = 30.0
+"""A smaller midline air pocket (e.g. in the oesophagus) is not taken for the trachea."""
 AIRWAY_MAX_AREA_MM2 = 1000.0
 """An airway cross-section larger than this has merged with a lung: tracking stops there."""
 TRACHEA_MAX_MIDLINE_OFFSET_MM = 30.0
@@ -94,7 +95,7 @@ class LungQCT:
             Segment("Left lung", codes.ANATOMICAL_STRUCTURE, codes.LEFT_LUNG, LEFT_LUNG_RGB,
                     left.cpu().numpy(), anatomic_region=codes.CHEST),
         )
-        voxel_ml = volume.voxel_volume_mm3 / 1000.0
+        voxel_ml = geometry.voxel_ml
         groups = (
             MeasurementGroup("Right lung", codes.RIGHT_LUNG, _measure(hu[right], voxel_ml), 0),
             MeasurementGroup("Left lung", codes.LEFT_LUNG, _measure(hu[left], voxel_ml), 1),
@@ -153,9 +154,10 @@ class _Geometry:
         """Patient x (LPS: grows towards the patient's left) of (N, 3) voxel indices."""
         return index.to(torch.float64) @ self.affine[0, :3] + self.affine[0, 3]
 
-    def mean_x(self, mask: torch.Tensor) -> float:
-        """Patient x of the centroid of ``mask``."""
-        return float(self.x_of(mask.nonzero().to(torch.float64).mean(0, keepdim=True))[0])
+    def mean_x(self, mask: torch.Tensor, origin: tuple[int, int, int] = (0, 0, 0)) -> float:
+        """Patient x of the centroid of ``mask``, whose voxel (0, 0, 0) is ``origin``."""
+        centroid = mask.nonzero().to(torch.float64).mean(0, keepdim=True)
+        return float(self.x_of(centroid + torch.tensor(origin, device=mask.device))[0])
 
 
 def _components(mask: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -212,6 +214,9 @@ def _touching_inplane_border(mask: torch.Tensor) -> torch.Tensor:
 
 def _airways(inside: torch.Tensor, geometry: _Geometry, midline_x: float) -> torch.Tensor:
     """Trachea and main bronchi: tracked slice by slice from a small midline seed at the top."""
+    airway = torch.zeros_like(inside)
+    if not bool(inside.any()):
+        return airway
     labels = _components(inside, (1,))
     where = inside.nonzero()
     flat = labels[inside]
@@ -230,11 +235,11 @@ def _airways(inside: torch.Tensor, geometry: _Geometry, midline_x: float) -> tor
     below_top = (slice_of - top).abs()
     candidate = ((area >= TRACHEA_MIN_AREA_MM2) & (area <= AIRWAY_MAX_AREA_MM2)
                  & (offset <= TRACHEA_MAX_MIDLINE_OFFSET_MM) & (below_top < depth))
-    airway = torch.zeros_like(inside)
     if not bool(candidate.any()):
         return airway
     ids = candidate.nonzero().squeeze(1)
-    seed = ids[torch.argmin(below_top[ids] * 1e6 + offset[ids])]
+    ids = ids[below_top[ids] == below_top[ids].min()]  # the most superior slice with a candidate,
+    seed = ids[torch.argmin(offset[ids])]  # and there the one nearest the midline
     seed_slice = int(slice_of[seed])
     airway[seed_slice] = labels[seed_slice] == seed
     for direction in (-step, step):
@@ -269,7 +274,7 @@ def _lungs(candidates: torch.Tensor, geometry: _Geometry,
     x = geometry.x_of(largest.nonzero())
     right_fraction = float((x < midline_x).to(torch.float64).mean())
     if min(right_fraction, 1 - right_fraction) > SINGLE_LUNG_MAX_CONTRALATERAL_FRACTION:
-        pair = _split(largest, geometry)
+        pair = _split(largest, geometry, midline_x)
         if pair is None:
             raise NotApplicable(
                 f"found one air-filled region of {largest_ml:.0f} mL across the midline that "
@@ -279,9 +284,13 @@ def _lungs(candidates: torch.Tensor, geometry: _Geometry,
         first = largest
         second = _other_lung(labels, sizes, order, largest, right_fraction > 0.5, geometry,
                              midline_x)
-    if geometry.mean_x(first) < geometry.mean_x(second):
-        return first, second
-    return second, first
+    right, left = sorted((first, second), key=geometry.mean_x)
+    for side, lung in (("right", right), ("left", left)):
+        ml = float(lung.sum()) * geometry.voxel_ml
+        if ml < MIN_LUNG_VOLUME_ML:
+            raise NotApplicable(f"the {side} lung is only {ml:.0f} mL (at least "
+                                f"{MIN_LUNG_VOLUME_ML:.0f} mL expected): lungs not covered")
+    return right, left
 
 
 def _other_lung(labels: torch.Tensor, sizes: torch.Tensor, order: torch.Tensor,
@@ -306,8 +315,10 @@ def _other_lung(labels: torch.Tensor, sizes: torch.Tensor, order: torch.Tensor,
         f"the other side has no air-filled region of at least {MIN_LUNG_VOLUME_ML:.0f} mL")
 
 
-def _split(both: torch.Tensor, geometry: _Geometry) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Two lungs joined at a junction: erode in-plane until two large parts appear, regrow."""
+def _split(both: torch.Tensor, geometry: _Geometry,
+           midline_x: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Two lungs joined at a junction: erode in-plane until two large parts appear, one on each
+    side of the midline, then grow them back within the joined mask."""
     box = _bounding_box(both)
     crop = both[box]
     pixel_mm = math.sqrt(geometry.pixel_area_mm2)
@@ -323,14 +334,18 @@ def _split(both: torch.Tensor, geometry: _Geometry) -> tuple[torch.Tensor, torch
         if sizes.numel() < 2:
             continue
         top = torch.topk(sizes, 2)
-        if float(top.values[1]) >= SPLIT_MIN_SIZE_RATIO * float(top.values[0]):
-            seeds = (labels == top.indices[0], labels == top.indices[1])
+        if float(top.values[1]) < SPLIT_MIN_SIZE_RATIO * float(top.values[0]):
+            continue
+        pair = (labels == top.indices[0], labels == top.indices[1])
+        origin = (box[0].start, box[1].start, box[2].start)
+        offsets = [geometry.mean_x(part, origin) - midline_x for part in pair]
+        if offsets[0] * offsets[1] < 0:
+            seeds = pair
             break
     if seeds is None:
         return None
-    grown = _grow_within(crop, *seeds)
     first, second = torch.zeros_like(both), torch.zeros_like(both)
-    first[box], second[box] = grown
+    first[box], second[box] = _grow_within(crop, *seeds)
     return first, second
 
 

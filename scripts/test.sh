@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install everything radnode's tests need on a fresh Debian machine, then run the tests.
+#   bash scripts/test.sh [pytest arguments]
+# System packages (orthanc, dcmtk, dicom3tools) are installed only when missing (needs root or sudo);
+# the virtual environment .venv, torch (CPU) and the project are installed only when missing.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ensure_debs orthanc dcmtk dicom3tools
+for tool in /usr/sbin/Orthanc /usr/bin/storescu /usr/bin/storescp /usr/bin/echoscu /usr/bin/dciodvfy; do
+    [ -x "$tool" ] || die "$tool not found after installing system packages"
+done
+ensure_venv
+ensure_torch
+ensure_project test
+
+cd "$RADNODE_ROOT"
+say "running tests: .venv/bin/python -m pytest -q $*"
+status=0
+.venv/bin/python -m pytest -q "$@" || status=$?
+if [ "$status" -eq 5 ]; then
+    die "pytest collected no tests (exit 5)"
+fi
+exit "$status"
