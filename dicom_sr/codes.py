@@ -75,4 +75,5 @@ UNIT_PERCENT = Code("%", "UCUM", "Percent")  # CID 7181
 # are coded in radnode's private scheme (PS3.3 8.2: designators beginning with "99" are private).
 PRIVATE_SCHEME = "99RADNODE"
 LOW_ATTENUATION_AREA_950 = Code("LAA950", PRIVATE_SCHEME, "Lung volume fraction below -950 HU")
-PERCENTILE_15 = Code("PERC15", PRIVATE_SCHEME, "15th percentile of lung attenuation")
+# a derivation of ATTENUATION_COEFFICIENT, so the measured quantity itself stays standard
+PERCENTILE_15 = Code("PERC15", PRIVATE_SCHEME, "15th percentile")

@@ -20,9 +20,9 @@ __all__ = ["LUNG_WINDOW_HU", "render_overlay"]
 
 LUNG_WINDOW_HU = (-1350.0, 150.0)
 """Display range (window 1500, level −600)."""
-DEFAULT_SLICE_COUNT = 6
-TILES_PER_ROW = 3
-FILL_OPACITY = 0.3
+_DEFAULT_SLICE_COUNT = 6
+_TILES_PER_ROW = 3
+_FILL_OPACITY = 0.3
 
 _LPS_LETTERS = (("R", "L"), ("A", "P"), ("F", "H"))  # (towards −axis, towards +axis) for x, y, z
 
@@ -36,7 +36,7 @@ def render_overlay(volume: Volume, findings: Findings, path: Path,
     if not tiles:
         raise ValueError("no slices to render")
     width, height = tiles[0].size
-    columns = min(TILES_PER_ROW, len(tiles))
+    columns = min(_TILES_PER_ROW, len(tiles))
     rows = -(-len(tiles) // columns)
     sheet = Image.new("RGB", (columns * width, rows * height))
     for n, tile in enumerate(tiles):
@@ -50,7 +50,7 @@ def _spread(volume: Volume, findings: Findings) -> list[int]:
     for segment in findings.segments:
         covered |= segment.mask.any(axis=(1, 2))
     present = np.flatnonzero(covered) if covered.any() else np.arange(volume.shape[0])
-    count = min(DEFAULT_SLICE_COUNT, present.size)
+    count = min(_DEFAULT_SLICE_COUNT, present.size)
     chosen = np.unique(np.linspace(present[0], present[-1], count + 2)[1:-1].round().astype(int))
     head_first = volume.affine[2, 0] > 0
     return [int(i) for i in (chosen[::-1] if head_first else chosen)]
@@ -63,7 +63,7 @@ def _tile(volume: Volume, findings: Findings, index: int) -> Image.Image:
     for segment in findings.segments:
         mask = segment.mask[index]
         color = np.asarray(segment.color_rgb, dtype=np.float64)
-        rgb[mask] = (1 - FILL_OPACITY) * rgb[mask] + FILL_OPACITY * color
+        rgb[mask] = (1 - _FILL_OPACITY) * rgb[mask] + _FILL_OPACITY * color
         rgb[_outline(mask)] = color
     image = Image.fromarray(rgb.round().astype(np.uint8))
     draw = ImageDraw.Draw(image)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 import socket
 import time
 from dataclasses import dataclass
@@ -48,6 +50,24 @@ def select_device(choice: str) -> torch.device:
     return device
 
 
+class _StageClock:
+    """Seconds spent per stage of a job, for the log line that ends it."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = time.perf_counter() - start
+
+    def __str__(self) -> str:
+        return " ".join(f"{stage}_s={value:.2f}" for stage, value in self.seconds.items())
+
+
 @dataclass(frozen=True)
 class _Work:
     job_id: int
@@ -72,12 +92,15 @@ class JobRunner:
         work = self._claim(job_id)
         if work is None:
             return []
-        started = time.monotonic()
+        clock = _StageClock()
         try:
             pipeline = create(work.pipeline)
-            volume = load_series(work.paths)
-            findings = pipeline.run(volume, self.device)
-            objects = self._encode(work, pipeline.version, volume, findings)
+            with clock("load"):
+                volume = load_series(work.paths)
+            with clock("pipeline"):
+                findings = pipeline.run(volume, self.device)
+            with clock("encode"):
+                objects = self._encode(work, pipeline.version, volume, findings)
         except NotApplicable as exc:
             return self._finish(job_id, JobState.NOT_APPLICABLE, f"not applicable: {exc}")
         except (VolumeError, UnknownPipeline) as exc:
@@ -85,10 +108,9 @@ class JobRunner:
         except Exception as exc:  # an unexpected bug must fail this job, not the worker
             log.exception("job failed job=%d pipeline=%s", job_id, work.pipeline)
             return self._finish(job_id, JobState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
-        seconds = time.monotonic() - started
         log.info(
-            "job done job=%d pipeline=%s series=%s seconds=%.2f",
-            job_id, work.pipeline, work.series_uid, seconds,
+            "job done job=%d pipeline=%s series=%s %s",
+            job_id, work.pipeline, work.series_uid, clock,
         )
         return self._record_results(work, pipeline.version, objects)
 

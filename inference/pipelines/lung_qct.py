@@ -19,6 +19,7 @@ below :data:`LAA_THRESHOLD_HU`) and Perc15 (15th percentile, nearest-rank).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -30,11 +31,22 @@ from inference.findings import Algorithm, Findings, Measurement, MeasurementGrou
 from inference.volume import Volume
 
 __all__ = [
+    "AIRWAY_MAX_AREA_MM2",
     "AIR_THRESHOLD_HU",
+    "DENSITY_PERCENTILE",
     "LAA_THRESHOLD_HU",
+    "LEFT_LUNG_RGB",
+    "MAX_SLICE_TILT_DEG",
     "MIN_COVERAGE_MM",
     "MIN_LUNG_VOLUME_ML",
     "MIN_SLICE_COUNT",
+    "RIGHT_LUNG_RGB",
+    "SINGLE_LUNG_MAX_CONTRALATERAL_FRACTION",
+    "SPLIT_MAX_EROSION_MM",
+    "SPLIT_MIN_SIZE_RATIO",
+    "TRACHEA_MAX_MIDLINE_OFFSET_MM",
+    "TRACHEA_MIN_AREA_MM2",
+    "TRACHEA_SEARCH_DEPTH_MM",
     "LungQCT",
 ]
 
@@ -83,11 +95,16 @@ class LungQCT:
         air = hu < AIR_THRESHOLD_HU
         outside = _touching_inplane_border(air)
         inside = air & ~outside
+        if not bool(inside.any()):
+            raise NotApplicable("no air-filled region inside the body: no lungs in this series")
         midline_x = geometry.mean_x(~outside)
+        box = _bounding_box(inside)  # the rest works on the body's interior only
+        inside, geometry = inside[box], geometry.cropped(box)
         airway = _airways(inside, geometry, midline_x)
-        right, left = _lungs(inside & ~airway, geometry, midline_x)
-        right = _fill_holes_inplane(right)
-        left = _fill_holes_inplane(left) & ~right
+        right_box, left_box = _lungs(inside & ~airway, geometry, midline_x)
+        right, left = torch.zeros_like(air), torch.zeros_like(air)
+        right[box] = _fill_holes_inplane(right_box)
+        left[box] = _fill_holes_inplane(left_box) & ~right[box]
 
         segments = (
             Segment("Right lung", codes.ANATOMICAL_STRUCTURE, codes.RIGHT_LUNG, RIGHT_LUNG_RGB,
@@ -106,6 +123,7 @@ class LungQCT:
             source_sop_instance_uids=volume.sop_instance_uids,
             segments=segments,
             groups=groups,
+            procedure_reported=codes.CT_OF_CHEST,
         )
 
 
@@ -145,6 +163,14 @@ class _Geometry:
             slice_gap_mm=volume.spacing[0],
         )
 
+    def cropped(self, box: tuple[slice, slice, slice]) -> _Geometry:
+        """The same geometry for the sub-volume ``box`` (its voxel (0, 0, 0) is the box start)."""
+        origin = torch.tensor([float(b.start) for b in box], dtype=torch.float64,
+                              device=self.affine.device)
+        affine = self.affine.clone()
+        affine[:3, 3] += affine[:3, :3] @ origin
+        return dataclasses.replace(self, affine=affine)
+
     @property
     def superior_step(self) -> int:
         """+1 if the slice index grows towards the head (LPS +z), else -1."""
@@ -154,10 +180,9 @@ class _Geometry:
         """Patient x (LPS: grows towards the patient's left) of (N, 3) voxel indices."""
         return index.to(torch.float64) @ self.affine[0, :3] + self.affine[0, 3]
 
-    def mean_x(self, mask: torch.Tensor, origin: tuple[int, int, int] = (0, 0, 0)) -> float:
-        """Patient x of the centroid of ``mask``, whose voxel (0, 0, 0) is ``origin``."""
-        centroid = mask.nonzero().to(torch.float64).mean(0, keepdim=True)
-        return float(self.x_of(centroid + torch.tensor(origin, device=mask.device))[0])
+    def mean_x(self, mask: torch.Tensor) -> float:
+        """Patient x of the centroid of ``mask``."""
+        return float(self.x_of(mask.nonzero().to(torch.float64).mean(0, keepdim=True))[0])
 
 
 def _components(mask: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -337,8 +362,7 @@ def _split(both: torch.Tensor, geometry: _Geometry,
         if float(top.values[1]) < SPLIT_MIN_SIZE_RATIO * float(top.values[0]):
             continue
         pair = (labels == top.indices[0], labels == top.indices[1])
-        origin = (box[0].start, box[1].start, box[2].start)
-        offsets = [geometry.mean_x(part, origin) - midline_x for part in pair]
+        offsets = [geometry.cropped(box).mean_x(part) - midline_x for part in pair]
         if offsets[0] * offsets[1] < 0:
             seeds = pair
             break
@@ -364,7 +388,7 @@ def _grow_within(mask: torch.Tensor, first: torch.Tensor,
 
 
 def _dilate(mask: torch.Tensor, dims: tuple[int, ...] = (0, 1, 2)) -> torch.Tensor:
-    """Binary dilation by a 3-voxel box along ``dims``, as separable shifts (cheap on any device)."""
+    """Binary dilation by a 3-voxel box along ``dims``, as separable shifts (cheap anywhere)."""
     out = mask
     for dim in dims:
         source = out
@@ -407,6 +431,6 @@ def _measure(hu: torch.Tensor, voxel_ml: float) -> tuple[Measurement, ...]:
                     codes.UNIT_HOUNSFIELD, derivation=codes.MEAN),
         Measurement(codes.LOW_ATTENUATION_AREA_950,
                     100.0 * float((hu < LAA_THRESHOLD_HU).sum()) / count, codes.UNIT_PERCENT),
-        Measurement(codes.PERCENTILE_15, float(torch.kthvalue(hu, rank).values),
-                    codes.UNIT_HOUNSFIELD),
+        Measurement(codes.ATTENUATION_COEFFICIENT, float(torch.kthvalue(hu, rank).values),
+                    codes.UNIT_HOUNSFIELD, derivation=codes.PERCENTILE_15),
     )
