@@ -55,12 +55,12 @@ def coded_concept(code: codes.Code) -> hd.sr.CodedConcept:
 
 
 @contextmanager
-def _copying_source_headers() -> Iterator[None]:
-    """Run highdicom constructors that copy the Patient and Study modules verbatim.
+def _highdicom_encoding(what: str) -> Iterator[None]:
+    """Run highdicom constructors; their ValueError/TypeError becomes EncodingError naming ``what``.
 
-    highdicom warns when Patient's Name has a single component ("Lung_Dx-A0001"): a value radnode
-    must copy unchanged, or the PACS files the result under another patient. Only that warning is
-    silenced; every other one still surfaces.
+    highdicom copies the Patient and Study modules verbatim, and warns when Patient's Name has a
+    single component ("Lung_Dx-A0001"): a value radnode must copy unchanged, or the PACS files the
+    result under another patient. Only that warning is silenced; every other one still surfaces.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings(
@@ -68,7 +68,12 @@ def _copying_source_headers() -> Iterator[None]:
             message=r'The string ".*" is unlikely to represent the intended person name',
             category=UserWarning,
         )
-        yield
+        try:
+            yield
+        except EncodingError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise EncodingError(f"highdicom rejected the {what}: {exc}") from exc
 
 
 def _drop_incomplete_study_references(dataset: pydicom.Dataset) -> None:
@@ -203,33 +208,28 @@ def build_seg(
     algorithm = findings.algorithm
     if series_description is None:
         series_description = f"{algorithm.name} {algorithm.version} segmentation"[:_LO_MAX_LENGTH]
-    try:
+    with _highdicom_encoding("segmentation"):
         descriptions = _segment_descriptions(findings, sop_instance_uid)
         pixel_array = _pixel_array(findings, shape)
-        with _copying_source_headers():
-            seg = hd.seg.Segmentation(
-                source_images=list(source),
-                pixel_array=pixel_array,
-                segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-                segment_descriptions=descriptions,
-                series_instance_uid=series_instance_uid,
-                series_number=series_number,
-                sop_instance_uid=sop_instance_uid,
-                instance_number=instance_number,
-                manufacturer=manufacturer,
-                manufacturer_model_name=algorithm.name,
-                software_versions=algorithm.version,
-                device_serial_number=device_serial_number,
-                institution_name=institution_name,
-                series_description=series_description,
-                content_label=_content_label(algorithm.name),
-                content_description=f"{algorithm.name} {algorithm.version}"[:_LO_MAX_LENGTH],
-                transfer_syntax_uid=ExplicitVRLittleEndian,
-                omit_empty_frames=True,
-            )
-    except (ValueError, TypeError) as exc:
-        if isinstance(exc, EncodingError):
-            raise
-        raise EncodingError(f"highdicom rejected the segmentation: {exc}") from exc
+        seg = hd.seg.Segmentation(
+            source_images=list(source),
+            pixel_array=pixel_array,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid,
+            instance_number=instance_number,
+            manufacturer=manufacturer,
+            manufacturer_model_name=algorithm.name,
+            software_versions=algorithm.version,
+            device_serial_number=device_serial_number,
+            institution_name=institution_name,
+            series_description=series_description,
+            content_label=_content_label(algorithm.name),
+            content_description=f"{algorithm.name} {algorithm.version}"[:_LO_MAX_LENGTH],
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            omit_empty_frames=True,
+        )
     _drop_incomplete_study_references(seg)
     return seg

@@ -31,8 +31,8 @@ from dicom_sr import codes
 from dicom_sr.seg import (
     MANUFACTURER,
     EncodingError,
-    _copying_source_headers,
     _drop_incomplete_study_references,
+    _highdicom_encoding,
     coded_concept,
 )
 from dicom_sr.uids import derive_uid
@@ -210,7 +210,7 @@ def build_sr(
     procedure = _procedure_reported(source, procedure_reported)
     if series_description is None:
         series_description = f"{algorithm.name} {algorithm.version} measurements"[:_LO_MAX_LENGTH]
-    try:
+    with _highdicom_encoding("measurement report"):
         observer = hd.sr.ObserverContext(
             observer_type=coded_concept(codes.DEVICE),
             observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -228,29 +228,24 @@ def build_sr(
             ],
         )
         evidence = [*source, *([seg] if seg is not None else [])]
-        with _copying_source_headers():
-            sr = hd.sr.Comprehensive3DSR(
-                evidence=evidence,
-                content=report,
-                series_instance_uid=series_instance_uid,
-                series_number=series_number,
-                sop_instance_uid=sop_instance_uid,
-                instance_number=instance_number,
-                manufacturer=manufacturer,
-                manufacturer_model_name=algorithm.name,
-                software_versions=algorithm.version,
-                institution_name=institution_name,
-                series_description=series_description,
-                is_complete=True,
-                is_final=False,
-                is_verified=False,
-                performed_procedure_codes=[coded_concept(procedure)],
-                coding_schemes=_private_coding_schemes(findings),
-                transfer_syntax_uid=ExplicitVRLittleEndian,
-            )
-    except (ValueError, TypeError) as exc:
-        if isinstance(exc, EncodingError):
-            raise
-        raise EncodingError(f"highdicom rejected the measurement report: {exc}") from exc
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=evidence,
+            content=report,
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid,
+            instance_number=instance_number,
+            manufacturer=manufacturer,
+            manufacturer_model_name=algorithm.name,
+            software_versions=algorithm.version,
+            institution_name=institution_name,
+            series_description=series_description,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            performed_procedure_codes=[coded_concept(procedure)],
+            coding_schemes=_private_coding_schemes(findings),
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+        )
     _drop_incomplete_study_references(sr)
     return sr

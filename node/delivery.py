@@ -12,8 +12,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from pydicom import dcmread
-from pynetdicom import AE
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
 
 from node.config import Config, DeliveryConfig, Destination
 from node.db import Database, Delivery, DeliveryState, utcnow

@@ -18,10 +18,10 @@ import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 
 from tests.dicom_files import dicom_files_under
 from tests.ports import free_port
+from tests.server_process import ServerProcess
 
 __all__ = ["DCMTK_BIN", "DcmtkError", "StoreSCP", "dcmtk_env", "echoscu", "expand_dicom_paths", "storescu"]
 
@@ -36,7 +36,6 @@ DEFAULT_STORESCP_AET = "STORESCP"
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_START_TIMEOUT_S = 10.0
 _NETWORK_TIMEOUT_S = 10  # DCMTK ACSE/socket timeouts, seconds
-_LOG_TAIL_CHARS = 3000
 _START_ATTEMPTS = 3  # a free port can be taken between free_port() and storescp's bind()
 
 
@@ -126,7 +125,7 @@ def storescu(
     return _run(args, check=check, timeout=timeout)
 
 
-class StoreSCP:
+class StoreSCP(ServerProcess):
     """``/usr/bin/storescp`` on a free port, writing every received object into ``output_dir``.
 
     Files are named ``<modality prefix>.<SOPInstanceUID>`` (storescp's default) and written
@@ -216,23 +215,8 @@ class StoreSCP:
         """Files written so far, sorted by name (complete once the sender has the C-STORE response)."""
         return sorted(p for p in self.output_dir.iterdir() if p.is_file())
 
-    def log_tail(self, chars: int = _LOG_TAIL_CHARS) -> str:
-        """The last ``chars`` characters of storescp's log."""
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except FileNotFoundError:
-            return "(no log written)"
 
-    def __enter__(self) -> StoreSCP:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"StoreSCP(aet={self.aet!r}, {self.host}:{self.port}, into {self.output_dir})"

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import yaml
@@ -19,11 +18,11 @@ import yaml
 from tests.dcmtk import echoscu
 from tests.orthanc import wait_for
 from tests.ports import free_port
+from tests.server_process import ServerProcess
 
 __all__ = ["RadnodeProcess", "radnode_cli"]
 
 START_TIMEOUT_S = 60.0
-_LOG_TAIL_CHARS = 6000
 
 
 def radnode_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -37,7 +36,7 @@ def radnode_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
     )
 
 
-class RadnodeProcess:
+class RadnodeProcess(ServerProcess):
     """One ``radnode serve`` process with its own config, spool, databases and log."""
 
     def __init__(
@@ -111,19 +110,5 @@ class RadnodeProcess:
         """Run a radnode command against this node's config."""
         return radnode_cli(*args, "--config", str(self.config_path))
 
-    def log_tail(self, chars: int = _LOG_TAIL_CHARS) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return "(no log)"
 
-    def __enter__(self) -> RadnodeProcess:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -28,11 +28,11 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 from tests.dicom_files import dicom_files_under
 from tests.ports import free_port
+from tests.server_process import ServerProcess
 
 __all__ = ["ORTHANC_BIN", "Modality", "Orthanc", "OrthancError", "reap_stopped", "wait_for"]
 
@@ -47,7 +47,6 @@ DEFAULT_STORE_TIMEOUT_S = 60.0
 DEFAULT_STABLE_AGE_S = 2
 _KILL_WAIT_S = 5.0
 _START_ATTEMPTS = 3  # a free port can be taken between free_port() and Orthanc's bind()
-_LOG_TAIL_CHARS = 4000
 
 T = TypeVar("T")
 
@@ -118,7 +117,7 @@ def wait_for(
         time.sleep(interval)
 
 
-class Orthanc:
+class Orthanc(ServerProcess):
     """One Orthanc process with its own configuration, storage and log under ``workdir``.
 
     ``modalities`` maps Orthanc's modality name to ``(AET, host, port)``; more can be added while it
@@ -289,24 +288,8 @@ class Orthanc:
             atexit.register(reap_stopped)
         _STOPPING.append(process)
 
-    def __enter__(self) -> Orthanc:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
-    def log_tail(self, chars: int = _LOG_TAIL_CHARS) -> str:
-        """The last ``chars`` characters of Orthanc's log."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log written)"
-        return text[-chars:]
 
     # -- REST ----------------------------------------------------------------------------------
 

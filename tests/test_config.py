@@ -74,7 +74,7 @@ def test_production_urls_are_taken_unchanged(tmp_path: Path, database: str, brok
     [
         (("  port: 11112", "  prot: 11112"), ":3: node.prot: unknown key"),
         (("  port: 11112", "  port: 99999"), ":3: node.port: Input should be less than or equal to 65535"),
-        (("{Modality: CT}", "{Modalty: CT}"), ":15: routes.0.match: 'Modalty' is not a DICOM attribute keyword"),
+        (("{Modality: CT}", "{Modalty: CT}"), ":15: routes.0.match: 'Modalty' is not a DICOM attribute"),
         (("[lung-qct]", "[lung-qtc]"), ":16: routes.0.pipelines: unknown pipeline(s) lung-qtc"),
         (("send_to: [pacs]", "send_to: [pac]"), ":17: routes.0.send_to: unknown destination 'pac'"),
         (("ae_title: RADNODE", "ae_title: RADNODE-IS-FAR-TOO-LONG"), ":2: node.ae_title:"),

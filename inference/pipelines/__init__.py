@@ -21,7 +21,7 @@ def _lung_qct() -> Pipeline:
     return LungQCT()
 
 
-_FACTORIES: dict[str, Callable[[], "Pipeline"]] = {"lung-qct": _lung_qct}
+_FACTORIES: dict[str, Callable[[], Pipeline]] = {"lung-qct": _lung_qct}
 
 
 def available() -> list[str]:
