@@ -2,8 +2,10 @@
 
     dicom_sr.codes   the coded concepts radnode writes (plain values, no pydicom)
     dicom_sr.uids    deterministic ``2.25.`` UIDs: a re-run replaces, never duplicates
-    dicom_sr.seg     build_seg: Findings.segments → BINARY Segmentation
-    dicom_sr.sr      build_sr: Findings.groups → Comprehensive 3D SR, TID 1500
+    dicom_sr.seg     build_seg: Findings.segments → Segmentation (BINARY, FRACTIONAL or LABELMAP)
+    dicom_sr.sr      build_sr: Findings.groups + classifications → Comprehensive 3D SR, TID 1500
+    dicom_sr.text    build_text_sr: Findings.report_text → Comprehensive SR with TEXT items
+    dicom_sr.sc      build_sc: key slices with the segments burned in → Secondary Capture images
 
 The names below are loaded on first use (PEP 562), so ``import dicom_sr.codes`` stays free of
 highdicom and of :mod:`inference`, which itself imports :mod:`dicom_sr.codes`.
@@ -16,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dicom_sr.codes import Code
-    from dicom_sr.seg import EncodingError, build_seg
+    from dicom_sr.sc import build_sc
+    from dicom_sr.seg import EncodingError, SegType, build_seg
     from dicom_sr.sr import build_sr
+    from dicom_sr.text import build_text_sr
     from dicom_sr.uids import ResultKind, ResultUIDs, derive_uid, result_uids
 
 __all__ = [
@@ -25,8 +29,11 @@ __all__ = [
     "EncodingError",
     "ResultKind",
     "ResultUIDs",
+    "SegType",
+    "build_sc",
     "build_seg",
     "build_sr",
+    "build_text_sr",
     "derive_uid",
     "result_uids",
 ]
@@ -36,8 +43,11 @@ _MODULE_OF = {
     "EncodingError": "dicom_sr.seg",
     "ResultKind": "dicom_sr.uids",
     "ResultUIDs": "dicom_sr.uids",
+    "SegType": "dicom_sr.seg",
+    "build_sc": "dicom_sr.sc",
     "build_seg": "dicom_sr.seg",
     "build_sr": "dicom_sr.sr",
+    "build_text_sr": "dicom_sr.text",
     "derive_uid": "dicom_sr.uids",
     "result_uids": "dicom_sr.uids",
 }

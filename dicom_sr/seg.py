@@ -1,4 +1,11 @@
-"""Findings → DICOM Segmentation (PS3.3 A.51 Segmentation IOD), BINARY, via highdicom.
+"""Findings → DICOM Segmentation (PS3.3 A.51 Segmentation IOD), via highdicom.
+
+Three encodings (:class:`SegType`, chosen per pipeline in the configuration):
+
+    binary      1 bit per pixel, one frame per (segment, slice) that the segment touches (default)
+    fractional  8 bits per pixel, Segment.probability × 255 (PROBABILITY, C.8.20.2.3)
+    labelmap    the Label Map Segmentation SOP class (DICOM 2024b, A.51.x): one frame per slice,
+                pixel = segment number; segments must not overlap
 
 One segment per :attr:`Findings.segments` (Segment Description macro, PS3.3 C.8.20.4): category
 (CID 7150), property type (CID 7151), anatomic region (CID 4), recommended display colour in
@@ -15,10 +22,12 @@ Errors::
 
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import highdicom as hd
@@ -32,7 +41,7 @@ from dicom_sr.uids import derive_uid
 if TYPE_CHECKING:  # annotations only: inference.findings imports dicom_sr.codes
     from inference.findings import Findings
 
-__all__ = ["MANUFACTURER", "EncodingError", "build_seg", "coded_concept"]
+__all__ = ["MANUFACTURER", "EncodingError", "SegType", "build_seg", "coded_concept"]
 
 #: General Equipment Manufacturer (0008,0070) of every object radnode writes.
 MANUFACTURER = "radnode"
@@ -47,6 +56,14 @@ _LO_MAX_LENGTH = 64
 
 class EncodingError(ValueError):
     """Findings plus source headers cannot be encoded as a valid DICOM object."""
+
+
+class SegType(StrEnum):
+    """How segments are encoded (Segmentation Type, PS3.3 C.8.20.2; LABELMAP: its own SOP class)."""
+
+    BINARY = "binary"
+    FRACTIONAL = "fractional"
+    LABELMAP = "labelmap"
 
 
 def coded_concept(code: codes.Code) -> hd.sr.CodedConcept:
@@ -76,16 +93,62 @@ def _highdicom_encoding(what: str) -> Iterator[None]:
             raise EncodingError(f"highdicom rejected the {what}: {exc}") from exc
 
 
-def _drop_incomplete_study_references(dataset: pydicom.Dataset) -> None:
-    """Remove a copied Referenced Study Sequence whose items lack Referenced SOP Class UID.
+def _tidy_copied_attributes(dataset: pydicom.Dataset) -> None:
+    """Fix what highdicom copies verbatim from the source so that the result validates and round-trips.
 
-    highdicom copies the General Study module from the source; some archives (e.g. TCIA's) fill
-    this Type 3 sequence with items missing the Type 1 Referenced SOP Class UID (PS3.3 10.8
-    SOP Instance Reference macro), which makes the whole result fail validation.
+    - A Referenced Study Sequence whose items lack Referenced SOP Class UID is removed: some
+      archives (e.g. TCIA's) fill this Type 3 sequence with items missing the Type 1 attribute
+      (PS3.3 10.8 SOP Instance Reference macro), which makes the whole result fail validation.
+    - De-identified sources that do not say how (Patient Identity Removed YES, no method) get
+      Deidentification Method "not stated in the source images", which the result must have.
+    - Every sequence and item gets a defined length. Copied sequences keep the source's undefined
+      lengths, and DCMTK-based archives (Orthanc) re-encode those with defined lengths on C-STORE;
+      written with defined lengths, the object the PACS returns is byte for byte the one we sent.
     """
     sequence = dataset.get("ReferencedStudySequence")
     if sequence is not None and any("ReferencedSOPClassUID" not in item for item in sequence):
         del dataset.ReferencedStudySequence
+    if (
+        dataset.get("PatientIdentityRemoved") == "YES"
+        and not dataset.get("DeidentificationMethod")
+        and not dataset.get("DeidentificationMethodCodeSequence")
+    ):  # Type 1C then (C.7.1.1); some de-identifiers leave it empty, and radnode cannot know more
+        dataset.DeidentificationMethod = "not stated in the source images"
+    _define_lengths(dataset)
+
+
+def _define_lengths(dataset: pydicom.Dataset) -> None:
+    for element in dataset:
+        if element.VR == "SQ":
+            element.is_undefined_length = False
+            for item in element.value:
+                item.is_undefined_length_sequence_item = False
+                _define_lengths(item)
+
+
+# Type 2 attributes of the Patient and General Study modules that highdicom copies from the first
+# source image (PS3.3 C.7.1.1, C.7.2.1); it fails with AttributeError where one is absent.
+_COPIED_TYPE_2 = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)
+
+
+def _with_type_2_present(source: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """``source`` with the first header's absent Type 2 patient/study attributes present and empty.
+
+    Real series lack some (the GE head CT in tests/data has no Patient's Birth Date); Type 2
+    means "present, may be empty", which is what the result must then carry. The caller's
+    datasets are not changed: the first one is copied when something is missing.
+    """
+    first = source[0]
+    missing = [keyword for keyword in _COPIED_TYPE_2 if keyword not in first]
+    if not missing:
+        return list(source)
+    first = copy.copy(first)
+    for keyword in missing:
+        setattr(first, keyword, None)
+    return [first, *source[1:]]
 
 
 def _content_label(name: str) -> str:
@@ -115,12 +178,26 @@ def _check_source(findings: Findings, source: Sequence[pydicom.Dataset]) -> tupl
     return shape
 
 
-def _pixel_array(findings: Findings, shape: tuple[int, int]) -> np.ndarray:
-    """One array for highdicom's constructor: a label map where segments are disjoint.
+def _label_map(findings: Findings) -> np.ndarray | None:
+    """The segments as one label map (slices, rows, columns) of segment numbers; None if they overlap."""
+    segments = findings.segments
+    dtype = np.uint8 if len(segments) < 256 else np.uint16
+    label_map = np.zeros(segments[0].mask.shape, dtype=dtype)
+    n_labelled = 0
+    for number, segment in enumerate(segments, start=1):
+        np.copyto(label_map, number, where=segment.mask)
+        n_labelled += int(np.count_nonzero(segment.mask))
+    return label_map if np.count_nonzero(label_map) == n_labelled else None
 
-    A label map (slices, rows, columns) of segment numbers is encoded about 5x faster by highdicom
-    than the stacked form (slices, rows, columns, segments), and yields the same BINARY frames.
-    Overlapping segments (a lobe inside a lung) cannot share a label map and are stacked.
+
+def _pixel_array(findings: Findings, shape: tuple[int, int], seg_type: SegType) -> np.ndarray:
+    """One array for highdicom's constructor, in the cheapest form that encodes the same frames.
+
+    BINARY: a label map (slices, rows, columns) of segment numbers is encoded about 7x faster by
+    highdicom than the stacked form (slices, rows, columns, segments) and yields the same frames
+    (``bench/seg.py``); overlapping segments (a lobe inside a lung) cannot share one and are
+    stacked. FRACTIONAL: stacked probabilities (the mask where a segment has none). LABELMAP: the
+    label map, or an error naming the overlap.
     """
     segments = findings.segments
     for segment in segments:
@@ -129,14 +206,22 @@ def _pixel_array(findings: Findings, shape: tuple[int, int]) -> np.ndarray:
                 f"segment {segment.label!r}: mask slices are {segment.mask.shape[1:]}, "
                 f"source images are {shape}"
             )
-    dtype = np.uint8 if len(segments) < 256 else np.uint16
-    label_map = np.zeros(segments[0].mask.shape, dtype=dtype)
-    n_labelled = 0
-    for number, segment in enumerate(segments, start=1):
-        np.copyto(label_map, number, where=segment.mask)
-        n_labelled += int(np.count_nonzero(segment.mask))
-    if np.count_nonzero(label_map) == n_labelled:
+    if seg_type is SegType.FRACTIONAL:
+        return np.stack(
+            [
+                segment.probability if segment.probability is not None
+                else segment.mask.astype(np.float32)
+                for segment in segments
+            ],
+            axis=-1,
+        )
+    label_map = _label_map(findings)
+    if label_map is not None:
         return label_map
+    if seg_type is SegType.LABELMAP:
+        raise EncodingError(
+            "segments overlap, so they cannot be one LABELMAP segmentation; use binary or fractional"
+        )
     return np.stack([segment.mask for segment in segments], axis=-1).view(np.uint8)
 
 
@@ -192,8 +277,9 @@ def build_seg(
     manufacturer: str = MANUFACTURER,
     device_serial_number: str = DEFAULT_DEVICE_SERIAL_NUMBER,
     institution_name: str | None = None,
+    seg_type: SegType | str = SegType.BINARY,
 ) -> hd.seg.Segmentation:
-    """Encode ``findings.segments`` as one BINARY Segmentation of the ``source`` series.
+    """Encode ``findings.segments`` as one Segmentation of the ``source`` series (``seg_type``).
 
     ``source`` are the source slice headers in mask order (``source[i]`` ↔ ``mask[i]`` ↔
     ``findings.source_sop_instance_uids[i]``); Pixel Data is not needed. The equipment is
@@ -204,17 +290,18 @@ def build_seg(
         raise EncodingError("findings have no segments: there is nothing to put in a SEG")
     if not any(segment.mask.any() for segment in findings.segments):
         raise EncodingError("every segment mask is empty: a SEG needs at least one frame")
+    seg_type = SegType(seg_type)
     shape = _check_source(findings, source)
     algorithm = findings.algorithm
     if series_description is None:
         series_description = f"{algorithm.name} {algorithm.version} segmentation"[:_LO_MAX_LENGTH]
     with _highdicom_encoding("segmentation"):
         descriptions = _segment_descriptions(findings, sop_instance_uid)
-        pixel_array = _pixel_array(findings, shape)
+        pixel_array = _pixel_array(findings, shape, seg_type)
         seg = hd.seg.Segmentation(
-            source_images=list(source),
+            source_images=_with_type_2_present(source),
             pixel_array=pixel_array,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segmentation_type=hd.seg.SegmentationTypeValues(seg_type.name),
             segment_descriptions=descriptions,
             series_instance_uid=series_instance_uid,
             series_number=series_number,
@@ -231,5 +318,5 @@ def build_seg(
             transfer_syntax_uid=ExplicitVRLittleEndian,
             omit_empty_frames=True,
         )
-    _drop_incomplete_study_references(seg)
+    _tidy_copied_attributes(seg)
     return seg

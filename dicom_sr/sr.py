@@ -8,8 +8,11 @@ Content tree (PS3.16)::
     └── Imaging Measurements
         ├── TID 1411 Volumetric ROI measurements   one per group tied to a segment: references
         │                                          the SEG segment and its source series
-        └── TID 1501 Measurements                   one per group not tied to a segment: references
-                                                    the source images
+        ├── TID 1501 Measurements                   one per group not tied to a segment: references
+        │                                           the source images
+        └── TID 1501 per classifier output          the finding as a qualitative evaluation
+                                                    (Present / Absent, CID 240) and its Probability
+                                                    (DCM 122157, UCUM "1"); references the source images
             each with tracking ID/UID, finding (type), finding site, TID 4019 algorithm
             identification and one TID 300 numeric item per Measurement (UCUM unit, derivation)
 
@@ -20,7 +23,7 @@ Sequence, and takes Patient and Study from the source, as the SEG does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
 import pydicom
@@ -31,18 +34,19 @@ from dicom_sr import codes
 from dicom_sr.seg import (
     MANUFACTURER,
     EncodingError,
-    _drop_incomplete_study_references,
     _highdicom_encoding,
+    _tidy_copied_attributes,
+    _with_type_2_present,
     coded_concept,
 )
 from dicom_sr.uids import derive_uid
 
 if TYPE_CHECKING:  # annotations only: inference.findings imports dicom_sr.codes
-    from inference.findings import Algorithm, Findings, Measurement, MeasurementGroup
+    from inference.findings import Algorithm, Classification, Findings, Measurement, MeasurementGroup
 
-__all__ = ["DEVICE_OBSERVER_NAME", "build_sr", "device_observer_uid"]
+__all__ = ["DEVICE_OBSERVER_NAME", "build_sr", "device_observer_context", "device_observer_uid"]
 
-#: Observer Name of the device observer (TID 1004) in every report.
+#: First word of the Device Observer Name (TID 1004) in every report: "radnode PIPELINE VERSION".
 DEVICE_OBSERVER_NAME = "radnode"
 
 #: Procedure reported (TID 1500 row 4) when the caller names none, by source Modality (CID 100).
@@ -50,6 +54,8 @@ _PROCEDURE_BY_MODALITY = {
     "CT": codes.CT_UNSPECIFIED_BODY_REGION,
     "MR": codes.MRI_UNSPECIFIED_BODY_REGION,
     "PT": codes.PET_UNSPECIFIED_BODY_REGION,
+    "CR": codes.XR_UNSPECIFIED_BODY_REGION,
+    "DX": codes.XR_UNSPECIFIED_BODY_REGION,
 }
 _LO_MAX_LENGTH = 64
 
@@ -57,6 +63,23 @@ _LO_MAX_LENGTH = 64
 def device_observer_uid(algorithm: Algorithm) -> str:
     """Device Observer UID (TID 1004) of the pipeline that made the findings; stable across runs."""
     return derive_uid("device-observer", algorithm.name, algorithm.version, algorithm.model_sha256 or "")
+
+
+def device_observer_context(algorithm: Algorithm) -> hd.sr.ObserverContext:
+    """TID 1002 with a device observer (TID 1004): the report was written by a machine, not a person.
+
+    The Device Observer Name names radnode, the pipeline and its version ("radnode lung-qct 1.2.0"),
+    the Model Name the pipeline; the UID is stable for (pipeline, version, model).
+    """
+    return hd.sr.ObserverContext(
+        observer_type=coded_concept(codes.DEVICE),
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_observer_uid(algorithm),
+            name=f"{DEVICE_OBSERVER_NAME} {algorithm.name} {algorithm.version}"[:_LO_MAX_LENGTH],
+            manufacturer_name=MANUFACTURER,
+            model_name=algorithm.name,
+        ),
+    )
 
 
 def _procedure_reported(source: Sequence[pydicom.Dataset], procedure: codes.Code | None) -> codes.Code:
@@ -152,6 +175,42 @@ def _group(
     )
 
 
+def _classification_group(
+    classification: Classification,
+    findings: Findings,
+    source: Sequence[pydicom.Dataset],
+    sop_instance_uid: str,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 for one classifier output: the finding Present/Absent and its probability."""
+    finding = coded_concept(classification.finding)
+    tracking_id = f"classification {classification.finding.meaning}"[:_LO_MAX_LENGTH]
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derive_uid(sop_instance_uid, "tracking", tracking_id), identifier=tracking_id
+        ),
+        finding_type=finding,
+        algorithm_id=_algorithm_id(findings.algorithm),
+        finding_sites=(
+            [hd.sr.FindingSite(coded_concept(classification.finding_site))]
+            if classification.finding_site else None
+        ),
+        measurements=[
+            hd.sr.Measurement(
+                name=coded_concept(codes.PROBABILITY),
+                value=float(classification.probability),
+                unit=coded_concept(codes.UNIT_NO_UNITS),
+            )
+        ],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(
+                name=finding,
+                value=coded_concept(codes.PRESENT if classification.present else codes.ABSENT),
+            )
+        ],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in source],
+    )
+
+
 def _private_coding_schemes(findings: Findings) -> list[CodingSchemeIdentificationItem] | None:
     """Coding Scheme Identification (PS3.3 C.12.1.1.4) for private designators ("99…") in use."""
     used = {
@@ -162,6 +221,11 @@ def _private_coding_schemes(findings: Findings) -> list[CodingSchemeIdentificati
             group.finding_site,
             *(c for m in group.measurements for c in (m.concept, m.unit, m.derivation)),
         )
+        if code is not None and code.scheme.startswith("99")
+    } | {
+        code.scheme
+        for classification in findings.classifications
+        for code in (classification.finding, classification.finding_site)
         if code is not None and code.scheme.startswith("99")
     }
     if not used:
@@ -190,7 +254,7 @@ def build_sr(
     manufacturer: str = MANUFACTURER,
     institution_name: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """Encode ``findings.groups`` as a TID 1500 Measurement Report.
+    """Encode ``findings.groups`` and ``findings.classifications`` as a TID 1500 Measurement Report.
 
     ``source`` are the source slice headers (Pixel Data not needed); ``seg`` is the SEG that
     :func:`dicom_sr.seg.build_seg` made from the same findings (None only when no group names a
@@ -198,8 +262,10 @@ def build_sr(
     source modality (CID 100); pipelines that know better (e.g. :data:`codes.CT_OF_CHEST`) pass it.
     The report is COMPLETE, UNVERIFIED and PRELIMINARY: nobody has signed it.
     """
-    if not findings.groups:
-        raise EncodingError("findings have no measurement groups: there is nothing to report")
+    if not findings.groups and not findings.classifications:
+        raise EncodingError(
+            "findings have no measurement groups and no classifications: there is nothing to report"
+        )
     if not source:
         raise EncodingError("build_sr needs the source slice headers, got none")
     if seg is None and any(group.segment is not None for group in findings.groups):
@@ -211,41 +277,54 @@ def build_sr(
     if series_description is None:
         series_description = f"{algorithm.name} {algorithm.version} measurements"[:_LO_MAX_LENGTH]
     with _highdicom_encoding("measurement report"):
-        observer = hd.sr.ObserverContext(
-            observer_type=coded_concept(codes.DEVICE),
-            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                uid=device_observer_uid(algorithm),
-                name=DEVICE_OBSERVER_NAME,
-                manufacturer_name=MANUFACTURER,
-                model_name=algorithm.name,
-            ),
-        )
         report = hd.sr.MeasurementReport(
-            observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+            observation_context=hd.sr.ObservationContext(
+                observer_device_context=device_observer_context(algorithm)
+            ),
             procedure_reported=coded_concept(procedure),
             imaging_measurements=[
-                _group(group, findings, source, seg, sop_instance_uid) for group in findings.groups
+                *(_group(group, findings, source, seg, sop_instance_uid) for group in findings.groups),
+                *(
+                    _classification_group(classification, findings, source, sop_instance_uid)
+                    for classification in findings.classifications
+                ),
             ],
         )
-        evidence = [*source, *([seg] if seg is not None else [])]
         sr = hd.sr.Comprehensive3DSR(
-            evidence=evidence,
+            evidence=[*_with_type_2_present(source), *([seg] if seg is not None else [])],
             content=report,
-            series_instance_uid=series_instance_uid,
-            series_number=series_number,
-            sop_instance_uid=sop_instance_uid,
-            instance_number=instance_number,
-            manufacturer=manufacturer,
-            manufacturer_model_name=algorithm.name,
-            software_versions=algorithm.version,
-            institution_name=institution_name,
-            series_description=series_description,
-            is_complete=True,
-            is_final=False,
-            is_verified=False,
-            performed_procedure_codes=[coded_concept(procedure)],
             coding_schemes=_private_coding_schemes(findings),
-            transfer_syntax_uid=ExplicitVRLittleEndian,
+            **_unsigned_report_arguments(
+                algorithm,
+                procedure,
+                series_instance_uid=series_instance_uid,
+                series_number=series_number,
+                sop_instance_uid=sop_instance_uid,
+                instance_number=instance_number,
+                manufacturer=manufacturer,
+                institution_name=institution_name,
+                series_description=series_description,
+            ),
         )
-    _drop_incomplete_study_references(sr)
+    _tidy_copied_attributes(sr)
     return sr
+
+
+def _unsigned_report_arguments(
+    algorithm: Algorithm, procedure: codes.Code, **series: Any
+) -> dict[str, Any]:
+    """highdicom SR arguments every radnode report shares: the pipeline as equipment, and flags
+    COMPLETE, UNVERIFIED, PRELIMINARY (nobody has signed a machine's report), Explicit VR LE.
+
+    ``series``: series/instance UIDs and numbers, manufacturer, institution, series description.
+    """
+    return {
+        **series,
+        "manufacturer_model_name": algorithm.name,
+        "software_versions": algorithm.version,
+        "is_complete": True,
+        "is_final": False,
+        "is_verified": False,
+        "performed_procedure_codes": [coded_concept(procedure)],
+        "transfer_syntax_uid": ExplicitVRLittleEndian,
+    }

@@ -31,7 +31,9 @@ class ResultKind(StrEnum):
     """The kind of object a result is; part of its identity."""
 
     SEG = "seg"
-    SR = "sr"
+    SR = "sr"  # TID 1500: measurements and classifications
+    TEXT = "text"  # Comprehensive SR with a report generator's text
+    SC = "sc"  # Secondary Capture key images (one series; instance UIDs derive from this one)
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,14 @@ def result_uids(
     pipeline_version: str,
     model_sha256: str | None,
     kind: ResultKind | str,
+    variant: str = "",
 ) -> ResultUIDs:
-    """UIDs of the result of ``kind`` that a pipeline produced from one source series."""
+    """UIDs of the result of ``kind`` that a pipeline produced from one source series.
+
+    ``variant`` names an encoding option that changes the object's SOP class or meaning (e.g. a
+    LABELMAP SEG): an instance UID must never be reused for a different object. The default
+    variant ("") leaves the identity, and so every UID written before, unchanged.
+    """
     kind = ResultKind(kind)
     identity = (
         source_series_instance_uid,
@@ -74,6 +82,7 @@ def result_uids(
         pipeline_version,
         model_sha256 or "",
         kind.value,
+        *((variant,) if variant else ()),
     )
     return ResultUIDs(
         series_instance_uid=derive_uid(*identity, "series"),

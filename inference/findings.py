@@ -13,7 +13,15 @@ import numpy as np
 
 from dicom_sr.codes import Code
 
-__all__ = ["Algorithm", "Findings", "Measurement", "MeasurementGroup", "Segment"]
+__all__ = [
+    "Algorithm",
+    "Classification",
+    "Findings",
+    "Measurement",
+    "MeasurementGroup",
+    "ReportText",
+    "Segment",
+]
 
 
 @dataclass(frozen=True)
@@ -45,12 +53,23 @@ class Segment:
     color_rgb: tuple[int, int, int]
     mask: np.ndarray = field(repr=False)
     anatomic_region: Code | None = None
+    # the model's probability per voxel (float32 in [0, 1], the mask's shape), for FRACTIONAL SEGs
+    probability: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.mask.dtype != np.bool_ or self.mask.ndim != 3:
             raise ValueError(
                 f"segment {self.label!r}: mask must be a 3-D bool array, "
                 f"got {self.mask.dtype} with shape {self.mask.shape}"
+            )
+        if self.probability is not None and (
+            self.probability.shape != self.mask.shape
+            or self.probability.dtype.kind != "f"
+            or not (float(self.probability.min()) >= 0.0 and float(self.probability.max()) <= 1.0)
+        ):
+            raise ValueError(
+                f"segment {self.label!r}: probability must be a float array of the mask's shape "
+                f"{self.mask.shape} with values in [0, 1]"
             )
 
 
@@ -70,6 +89,32 @@ class MeasurementGroup:
 
 
 @dataclass(frozen=True)
+class Classification:
+    """One output of a classifier: a finding, its probability, and the call at the model's threshold."""
+
+    finding: Code
+    probability: float
+    present: bool
+    finding_site: Code | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"{self.finding.meaning}: probability {self.probability} is not in [0, 1]")
+
+
+@dataclass(frozen=True)
+class ReportText:
+    """Free text a report generator wrote, under a heading (e.g. Findings, Impression)."""
+
+    heading: Code
+    text: str
+
+    def __post_init__(self) -> None:
+        if not self.text.strip():
+            raise ValueError(f"report text under {self.heading.meaning!r} is empty")
+
+
+@dataclass(frozen=True)
 class Findings:
     """Everything one pipeline run produced for one series."""
 
@@ -78,6 +123,8 @@ class Findings:
     segments: tuple[Segment, ...] = ()
     groups: tuple[MeasurementGroup, ...] = ()
     procedure_reported: Code | None = None  # e.g. CT of chest; None: the encoder's default
+    classifications: tuple[Classification, ...] = ()
+    report_text: tuple[ReportText, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.source_sop_instance_uids)

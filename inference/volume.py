@@ -9,6 +9,7 @@ that names the problem and the files or SOP Instance UIDs an administrator needs
 from __future__ import annotations
 
 import os
+import struct
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import torch
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from inference.errors import VolumeError
 
@@ -151,7 +152,9 @@ def _where(ds: pydicom.Dataset) -> str:
 def _read(path: Path) -> pydicom.Dataset:
     try:
         return pydicom.dcmread(path)
-    except (InvalidDicomError, OSError) as exc:
+    # pydicom raises all of these (an unknown VR: NotImplementedError) for files broken in different places
+    except (InvalidDicomError, BytesLengthException, OSError, EOFError, ValueError, KeyError, TypeError,
+            NotImplementedError, struct.error) as exc:
         raise VolumeError(f"cannot read {path} as DICOM: {exc}") from exc
 
 
@@ -188,6 +191,8 @@ def _check_headers(datasets: list[pydicom.Dataset]) -> None:
                               f"slices in space, e.g. {_where(missing[0])}")
     for keyword in ("FrameOfReferenceUID", "Rows", "Columns"):
         _require_one(keyword, datasets)
+    for ds in datasets:
+        _check_geometry_values(ds)
     reference = np.asarray([float(v) for v in datasets[0].ImageOrientationPatient])
     spacing = np.asarray([float(v) for v in datasets[0].PixelSpacing])
     for ds in datasets[1:]:
@@ -201,6 +206,18 @@ def _check_headers(datasets: list[pydicom.Dataset]) -> None:
                 > ORIENTATION_TOLERANCE:
             raise VolumeError(f"mixed PixelSpacing: {_where(ds)} has {list(ds.PixelSpacing)}, "
                               f"but {_where(datasets[0])} has {spacing.tolist()}")
+
+
+def _check_geometry_values(ds: pydicom.Dataset) -> None:
+    """Positions, orientations and spacings must be finite numbers, spacings positive."""
+    try:
+        values = {keyword: [float(v) for v in ds[keyword].value]
+                  for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")}
+    except (TypeError, ValueError) as exc:
+        raise VolumeError(f"{_where(ds)} has a geometry value that is not a number: {exc}") from exc
+    for keyword, numbers in values.items():
+        if not np.isfinite(numbers).all() or (keyword == "PixelSpacing" and min(numbers) <= 0):
+            raise VolumeError(f"{_where(ds)} has {keyword} {numbers}: cannot place the slice in space")
 
 
 def _require_one(keyword: str, datasets: list[pydicom.Dataset]) -> None:

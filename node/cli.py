@@ -10,10 +10,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from node.config import Config, load_config
-from node.errors import ConfigError, DeliveryError
+from node.errors import BrokerUnreachable, ConfigError, DeliveryError, NotRetryable
 from node.logs import configure_logging
 
 __all__ = ["main"]
@@ -22,6 +23,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 DEFAULT_CONFIG = Path("/etc/radnode/radnode.yaml")
+SYSTEMD_UNITS_DIR = Path(__file__).resolve().parent.parent / "systemd"
+DEFAULT_UNIT_DEST = Path("/etc/systemd/system")
 
 
 def _config_argument(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +67,15 @@ def _build_parser() -> argparse.ArgumentParser:
         "--gpu", type=int, metavar="N",
         help="run on GPU N (sets CUDA_VISIBLE_DEVICES=N for this process)",
     )
+    worker.add_argument(
+        "--hostname", metavar="NAME",
+        help="this worker's name in Celery and in the jobs it runs (default: the host name); "
+        "give each worker its own, e.g. gpu0@host",
+    )
+    worker.add_argument(
+        "--metrics-port", type=int, metavar="PORT",
+        help="/metrics port when metrics are enabled (default: metrics.worker_port + GPU index)",
+    )
 
     status = commands.add_parser(
         "status", help="show studies, series, jobs and deliveries",
@@ -71,6 +83,32 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _config_argument(status)
     status.add_argument("--limit", type=int, default=20, help="number of studies (default 20)")
+    status.add_argument("--study", metavar="UID", help="only the study with this StudyInstanceUID")
+    status.add_argument(
+        "--failed", action="store_true", help="only studies with a failed job or a failed delivery"
+    )
+    status.add_argument(
+        "--since", type=_since, metavar="WHEN",
+        help="only studies that received instances since WHEN: 30m, 2h, 7d or an ISO date (UTC)",
+    )
+
+    retry = commands.add_parser(
+        "retry", help="re-queue a failed job or a failed delivery",
+        description="Put a failed (or not_applicable) job back on the queue as a new attempt, or "
+        "a failed delivery with a fresh attempt budget. Ids are shown by `radnode status --failed`.",
+    )
+    _config_argument(retry)
+    target = retry.add_mutually_exclusive_group(required=True)
+    target.add_argument("job", type=int, nargs="?", metavar="JOB", help="the job id")
+    target.add_argument("--delivery", type=int, metavar="ID", help="a delivery id instead of a job")
+
+    units = commands.add_parser(
+        "install-units", help="install the systemd units (as root)",
+        description=f"Copy radnode's systemd units from {SYSTEMD_UNITS_DIR} to DEST and reload "
+        "systemd. Then enable what this host runs (docs/install.md).",
+    )
+    units.add_argument("--dest", type=Path, default=DEFAULT_UNIT_DEST, help=f"default {DEFAULT_UNIT_DEST}")
+    units.add_argument("--no-reload", action="store_true", help="do not run systemctl daemon-reload")
 
     config = commands.add_parser("config", help="configuration commands")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -91,11 +129,38 @@ def _build_parser() -> argparse.ArgumentParser:
     send.add_argument("paths", type=Path, nargs="+", metavar="PATH")
     send.add_argument("--to", metavar="DESTINATION", help="a destination name from the config")
     send.add_argument("--host", default="127.0.0.1", help="the node's host (default 127.0.0.1)")
+
+    route = commands.add_parser(
+        "route", help="show which pipelines a series on disk would get, and why",
+        description="Apply the configured routes to the series in PATH (a file, or a folder: "
+        "each series in it) without storing or running anything: every rule, whether it "
+        "matched or excluded, the verdict of each condition, and the resulting pipelines "
+        "with their destinations.",
+    )
+    _config_argument(route)
+    route.add_argument("--dry-run", action="store_true", required=True,
+                       help="required: nothing is stored or queued")
+    route.add_argument("path", type=Path, metavar="PATH")
+    route.add_argument("--calling-ae-title", default="", metavar="AET",
+                       help="the sender's AE title, for routes that match calling_ae_title")
+    route.add_argument("--called-ae-title", default="", metavar="AET",
+                       help="the AE title called, for routes that match called_ae_title")
     return parser
+
+
+def _since(text: str) -> datetime:
+    from node.status import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if args.command == "install-units":
+        return _install_units(args.dest, reload=not args.no_reload)
     try:
         if args.command == "config":
             return _config_check(args.file or args.config)
@@ -125,6 +190,10 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
     try:
         serve(config, with_worker=args.with_worker)
+    except ConfigError as exc:  # found only when used, e.g. a node.tls file that cannot be loaded
+        for problem in exc.problems:
+            print(f"radnode: configuration error in {args.config}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:
         logging.getLogger("radnode").error(
             "cannot listen on %s:%d: %s", config.node.bind_address, config.node.port, exc
@@ -140,29 +209,78 @@ def _worker(config: Config, args: argparse.Namespace) -> int:
     from node.tasks import run_worker
 
     device = config.worker.device
+    metrics_port = args.metrics_port or config.metrics.worker_port + (args.gpu or 0)
     if args.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
         device = "cuda"
     elif args.cpu:
         device = "cpu"
     prepare_paths(config)
-    run_worker(config, device=device)
+    run_worker(config, device=device, hostname=args.hostname, metrics_port=metrics_port)
     return EXIT_OK
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
     from node.db import Database
-    from node.status import render_status
+    from node.status import StudyFilter, render_status
 
     db = Database(config.database.url)
     db.create_schema()
-    print(render_status(db, limit=args.limit))
+    selection = StudyFilter(limit=args.limit, study_uid=args.study, failed=args.failed, since=args.since)
+    print(render_status(db, selection))
+    return EXIT_OK
+
+
+def _retry(config: Config, args: argparse.Namespace) -> int:
+    from node.db import Database
+    from node.retry import retry_delivery, retry_job
+    from node.tasks import Enqueuer, create_app
+
+    db = Database(config.database.url)
+    db.create_schema()
+    enqueuer = Enqueuer(create_app(config))
+    try:
+        if args.delivery is not None:
+            retry_delivery(db, enqueuer, args.delivery)
+            print(f"delivery {args.delivery} re-queued")
+        else:
+            retry_job(db, enqueuer, args.job)
+            print(f"job {args.job} re-queued")
+    except NotRetryable as exc:
+        print(f"radnode: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BrokerUnreachable as exc:  # the row was put back as it was
+        print(f"radnode: {exc}; nothing changed, retry again when the broker is up", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _install_units(dest: Path, *, reload: bool) -> int:
+    import shutil
+    import subprocess
+
+    units = sorted(p for p in SYSTEMD_UNITS_DIR.glob("radnode*") if p.suffix in (".service", ".target"))
+    if not units:
+        print(f"radnode: no unit files in {SYSTEMD_UNITS_DIR}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        for unit in units:
+            shutil.copyfile(unit, dest / unit.name)
+            (dest / unit.name).chmod(0o644)
+    except OSError as exc:
+        print(f"radnode: cannot write units to {dest}: {exc} (run as root)", file=sys.stderr)
+        return EXIT_FAILURE
+    print("installed " + " ".join(unit.name for unit in units) + f" in {dest}")
+    if reload and Path("/run/systemd/system").is_dir():
+        subprocess.run(["systemctl", "daemon-reload"], check=False)
+    print("next: systemctl enable --now radnode-listener radnode-worker@0 (or radnode-worker-cpu)")
     return EXIT_OK
 
 
 def _send(config: Config, args: argparse.Namespace) -> int:
     from node.config import Destination
-    from node.delivery import send_files
+    from node.delivery import send_files, stow_files
 
     if args.to:
         if args.to not in config.destinations:
@@ -171,20 +289,51 @@ def _send(config: Config, args: argparse.Namespace) -> int:
         target = config.destinations[args.to]
     else:
         target = Destination(ae_title=config.node.ae_title, host=args.host, port=config.node.port)
-    files = sorted(
-        f for p in args.paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()
-    )
-    files = [f for f in files if _is_dicom(f)]
+    files = _dicom_files(args.paths)
     if not files:
         print("radnode: no DICOM files found in the given paths", file=sys.stderr)
         return EXIT_USAGE
     try:
-        send_files(target, files, calling_ae_title="RADNODE-SEND", timeout_seconds=60)
+        if target.kind == "dicomweb":
+            stow_files(target, files, timeout_seconds=60)
+        else:
+            send_files(target, files, calling_ae_title="RADNODE-SEND", timeout_seconds=60)
     except DeliveryError as exc:
         print(f"radnode: send failed: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"sent {len(files)} instance(s) to {target.ae_title}@{target.host}:{target.port}")
+    where = target.url if target.kind == "dicomweb" else f"{target.ae_title}@{target.host}:{target.port}"
+    print(f"sent {len(files)} instance(s) to {where}")
     return EXIT_OK
+
+
+def _route(config: Config, args: argparse.Namespace) -> int:
+    from pydicom import dcmread
+
+    from node.routing import SeriesFacts, describe
+
+    files = _dicom_files([args.path])
+    if not files:
+        print(f"radnode: no DICOM files found in {args.path}", file=sys.stderr)
+        return EXIT_USAGE
+    first_of_series: dict[str, Path] = {}
+    for path in files:
+        header = dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        first_of_series.setdefault(str(header.get("SeriesInstanceUID", "")), path)
+    for series_uid, path in first_of_series.items():
+        facts = SeriesFacts(
+            dcmread(path, stop_before_pixels=True), args.calling_ae_title, args.called_ae_title
+        )
+        print(f"series {series_uid or '(no SeriesInstanceUID)'} (first file {path})")
+        print(describe(config.routes, facts))
+    return EXIT_OK
+
+
+def _dicom_files(paths: Sequence[Path]) -> list[Path]:
+    """The DICOM Part 10 files among ``paths`` and under the folders among them, sorted."""
+    files = sorted(
+        f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()
+    )
+    return [f for f in files if _is_dicom(f)]
 
 
 def _is_dicom(path: Path) -> bool:
@@ -192,7 +341,10 @@ def _is_dicom(path: Path) -> bool:
         return handle.read(132)[128:] == b"DICM"
 
 
-_COMMANDS = {"serve": _serve, "worker": _worker, "status": _status, "send": _send}
+_COMMANDS = {
+    "serve": _serve, "worker": _worker, "status": _status, "send": _send, "retry": _retry,
+    "route": _route,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,9 +1,11 @@
 """Completion: when a series has arrived in full, route it and queue its jobs.
 
 A series is complete once no association that sent to it is open and no instance arrived for
-``completion.quiet_seconds``. Completing bumps the series' revision; an instance that arrives
-later reopens the series, so it completes again and gets new jobs (results replace the old ones
-through deterministic UIDs).
+``completion.quiet_seconds``, or, with ``completion.verify_with``, as soon as the PACS answers a
+C-FIND (Study Root, SERIES level, PS3.4 C.6.1) with a NumberOfSeriesRelatedInstances equal to
+the instances received. Completing bumps the series' revision; an instance that arrives later
+reopens the series, so it completes again and gets new jobs (results replace the old ones
+through deterministic UIDs), unless ``completion.late_arrivals`` is ``ignore``.
 """
 
 from __future__ import annotations
@@ -11,24 +13,69 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import select
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
-from node.config import CompletionConfig, Route
-from node.db import Database, Job, JobState, Series, SeriesState, utcnow
-from node.routing import assign
+from node.config import CompletionConfig, Destination, Route
+from node.db import Database, Instance, Job, JobState, Series, SeriesState, Study, utcnow
+from node.delivery import open_association
+from node.dimse import FindStatus
+from node.errors import BrokerUnreachable, DeliveryError
+from node.routing import SeriesFacts, assign
 
-__all__ = ["CompletionWatcher"]
+__all__ = ["CompletionWatcher", "PacsCounter"]
 
 log = logging.getLogger("radnode.completion")
 
 
+class PacsCounter:
+    """How many instances of a series a PACS holds: C-FIND NumberOfSeriesRelatedInstances."""
+
+    def __init__(self, destination: Destination, *, calling_ae_title: str, timeout_seconds: float) -> None:
+        self.destination = destination
+        self.calling_ae_title = destination.calling_ae_title or calling_ae_title
+        self.timeout_seconds = timeout_seconds
+
+    def count(self, study_instance_uid: str, series_instance_uid: str) -> int | None:
+        """The PACS's count, or None when it does not know the series (or says no number).
+
+        Raises DestinationUnreachable when the PACS cannot be asked.
+        """
+        ae = AE(ae_title=self.calling_ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_seconds
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        query = Dataset()
+        query.QueryRetrieveLevel = "SERIES"
+        query.StudyInstanceUID = study_instance_uid
+        query.SeriesInstanceUID = series_instance_uid
+        query.NumberOfSeriesRelatedInstances = None
+        assoc = open_association(ae, self.destination)
+        counts = []
+        try:
+            for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+                pending = (FindStatus.PENDING, FindStatus.PENDING_OPTIONAL_KEYS_UNSUPPORTED)
+                if status and status.get("Status") in pending and identifier is not None:
+                    counts.append(identifier.get("NumberOfSeriesRelatedInstances"))
+        finally:
+            assoc.release()
+        numbers = [int(value) for value in counts if value not in (None, "")]
+        return numbers[0] if len(numbers) == 1 else None
+
+
 class CompletionWatcher:
-    """Polls for quiet series, creates their jobs, and hands job ids to ``enqueue``."""
+    """Polls for quiet series, creates their jobs, and hands job ids to ``enqueue``.
+
+    With a ``counter`` (``completion.verify_with``), a released series that is not quiet yet
+    completes as soon as the PACS holds exactly as many instances as radnode received.
+    """
 
     def __init__(
         self,
@@ -37,14 +84,19 @@ class CompletionWatcher:
         routes: list[Route],
         busy_series: Callable[[], set[str]],
         enqueue: Callable[[int], None],
+        counter: PacsCounter | None = None,
     ) -> None:
         self.db = db
         self.config = config
         self.routes = routes
         self.busy_series = busy_series
         self.enqueue = enqueue
+        self.counter = counter
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._unsent: list[int] = []  # job ids the broker has not taken yet (they are QUEUED rows)
+        self._broker_down = False
+        self._database_down = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="completion", daemon=True)
@@ -59,34 +111,110 @@ class CompletionWatcher:
         while not self._stop.wait(self.config.poll_interval_seconds):
             try:
                 self.tick()
-            except Exception:  # the loop must outlive a database hiccup; the log says what
+            except SQLAlchemyError as exc:  # the engine reconnects (pool_pre_ping) once it is back
+                if not self._database_down:
+                    log.warning("database unreachable; retrying every %g s: %s",
+                                self.config.poll_interval_seconds, str(exc).splitlines()[0])
+                self._database_down = True
+                continue
+            except Exception:  # the loop must outlive anything else too; the log says what
                 log.exception("completion check failed; retrying")
+                continue
+            if self._database_down:
+                log.info("database reachable again; completion resumed")
+                self._database_down = False
 
     def tick(self) -> list[int]:
-        """Complete every quiet series; return the ids of the jobs created and enqueued."""
+        """Complete every ready series; return the ids of the jobs created and enqueued."""
+        ready = self._ready()
+        created: list[int] = []
+        if ready:
+            busy = self.busy_series()
+            with self.db.session() as session:
+                for series in session.scalars(select(Series).where(Series.id.in_(ready))):
+                    # unchanged since it was judged ready (no instance arrived meanwhile)
+                    if (
+                        series.state == SeriesState.RECEIVING
+                        and _utc(series.last_received_at) == ready[series.id]
+                        and series.series_instance_uid not in busy
+                    ):
+                        created.extend(self._complete(session, series))
+        self._send(created)
+        return created
+
+    def _ready(self) -> dict[int, datetime]:
+        """Series ids that may complete now, with the arrival time they were judged on.
+
+        The C-FIND runs outside any database transaction: SQLite's write lock must not wait on
+        the network.
+        """
         cutoff = utcnow() - timedelta(seconds=self.config.quiet_seconds)
         busy = self.busy_series()
-        created: list[int] = []
+        query = (
+            select(Series.id, Series.series_instance_uid, Study.study_instance_uid, Series.last_received_at)
+            .join(Study, Series.study_id == Study.id)
+            .where(Series.state == SeriesState.RECEIVING)
+        )
+        if self.counter is None:
+            query = query.where(Series.last_received_at <= cutoff)
         with self.db.session() as session:
-            quiet = session.scalars(
-                select(Series).where(
-                    Series.state == SeriesState.RECEIVING, Series.last_received_at <= cutoff
-                )
-            ).all()
-            for series in quiet:
-                if series.series_instance_uid in busy:
-                    continue
-                created.extend(self._complete(session, series))
-        for job_id in created:
-            self.enqueue(job_id)
-        return created
+            candidates = session.execute(query).all()
+        return {
+            series_id: last
+            for series_id, series_uid, study_uid, naive_or_aware in candidates
+            if (last := _utc(naive_or_aware))
+            if series_uid not in busy
+            and (last <= cutoff or self._pacs_has_all(series_id, study_uid, series_uid))
+        }
+
+    def _pacs_has_all(self, series_id: int, study_uid: str, series_uid: str) -> bool:
+        assert self.counter is not None
+        with self.db.session() as session:
+            received = session.scalar(select(func.count(Instance.id)).where(Instance.series_id == series_id))
+        try:
+            expected = self.counter.count(study_uid, series_uid)
+        except DeliveryError as exc:
+            log.warning("completion C-FIND failed series=%s: %s; waiting for the quiet period",
+                        series_uid, exc)
+            return False
+        log.debug("completion C-FIND series=%s pacs=%s received=%d", series_uid, expected, received)
+        return expected == received
+
+    def _send(self, job_ids: list[int]) -> None:
+        """Hand job ids to the broker; those it does not take wait and are retried each tick.
+
+        The jobs are committed QUEUED rows already, so an unreachable broker delays them but
+        loses none (and a restart of the node enqueues every QUEUED job anyway).
+        """
+        self._unsent.extend(job_id for job_id in job_ids if job_id not in self._unsent)
+        while self._unsent:
+            try:
+                self.enqueue(self._unsent[0])
+            except BrokerUnreachable as exc:
+                if not self._broker_down:
+                    log.warning("broker unreachable; %d job(s) wait in the database: %s",
+                                len(self._unsent), exc)
+                self._broker_down = True
+                return
+            self._unsent.pop(0)
+        if self._broker_down:
+            log.info("broker reachable again; waiting jobs enqueued")
+            self._broker_down = False
 
     def _complete(self, session, series: Series) -> list[int]:  # type: ignore[no-untyped-def]
         series.state = SeriesState.COMPLETE
-        series.revision += 1
         series.completed_at = utcnow()
+        if series.revision > 0 and self.config.late_arrivals == "ignore":
+            log.info("late arrivals stored, no new job (late_arrivals: ignore) series=%s instances=%d",
+                     series.series_instance_uid, len(series.instances))
+            return []
+        series.revision += 1
         header = _first_header(series)
-        assignments = assign(self.routes, header) if header is not None else []
+        facts = (
+            None if header is None
+            else SeriesFacts(header, series.calling_ae_title, series.called_ae_title)
+        )
+        assignments = assign(self.routes, facts) if facts is not None else []
         log.info(
             "series complete series=%s instances=%d revision=%d pipelines=%s",
             series.series_instance_uid,
@@ -120,9 +248,13 @@ class CompletionWatcher:
         states = [JobState.QUEUED, JobState.RUNNING] if include_running else [JobState.QUEUED]
         with self.db.session() as session:
             ids = session.scalars(select(Job.id).where(Job.state.in_(states))).all()
-        for job_id in ids:
-            self.enqueue(job_id)
+        self._send(list(ids))
         return len(ids)
+
+
+def _utc(moment: datetime) -> datetime:
+    """Timestamps are UTC; SQLite returns them without a zone in plain (non-ORM) selects."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _first_header(series: Series):  # type: ignore[no-untyped-def]

@@ -7,12 +7,20 @@ folder of the configuration file, so a config works wherever the node is started
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from inference.pipelines import available as available_pipelines
@@ -20,14 +28,21 @@ from node.errors import ConfigError
 
 __all__ = [
     "CompletionConfig",
+    "Condition",
     "Config",
     "DatabaseConfig",
     "DeliveryConfig",
+    "AllowedCaller",
     "Destination",
+    "DestinationTLS",
+    "ListenerTLS",
     "LoggingConfig",
+    "MetricsConfig",
     "NodeConfig",
+    "PipelineOptions",
     "Route",
     "StorageConfig",
+    "WebConfig",
     "load_config",
 ]
 
@@ -55,6 +70,66 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class AllowedCaller(_Section):
+    """One rule of ``node.allowed_callers``: a calling AE title, a source network, or both."""
+
+    ae_title: AETitle | None = None
+    network: str | None = None
+
+    _ae = field_validator("ae_title")(lambda v: None if v is None else _check_ae_title(v))
+
+    @field_validator("network")
+    @classmethod
+    def _valid_network(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an IP network (e.g. 10.1.2.0/24 or 10.1.2.3): {exc}") from exc
+            return str(ipaddress.ip_network(value, strict=False))
+        return value
+
+    @model_validator(mode="after")
+    def _names_something(self) -> AllowedCaller:
+        if self.ae_title is None and self.network is None:
+            raise ValueError("a rule needs ae_title, network, or both")
+        return self
+
+
+class _TLS(_Section):
+    """DICOM TLS (PS3.15 Annex B, BCP 195): PEM files; relative paths resolve like the spool's."""
+
+    certificate: Path | None = None
+    private_key: Path | None = None
+    ca_certificates: Path | None = None
+
+    @model_validator(mode="after")
+    def _certificate_with_key(self) -> _TLS:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together")
+        return self
+
+
+class ListenerTLS(_TLS):
+    """TLS on the listener: its certificate and key; ``ca_certificates`` verifies callers."""
+
+    certificate: Path
+    private_key: Path
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _ca_to_verify_clients(self) -> ListenerTLS:
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("require_client_certificate needs ca_certificates to verify them with")
+        return self
+
+
+class DestinationTLS(_TLS):
+    """TLS to a destination: ``ca_certificates`` (else the system's) verifies the peer."""
+
+    check_hostname: bool = True
+
+
 class NodeConfig(_Section):
     """The DICOM listener: who radnode is on the network."""
 
@@ -63,6 +138,11 @@ class NodeConfig(_Section):
     bind_address: str = "0.0.0.0"
     max_associations: int = Field(default=16, ge=1, le=256)
     network_timeout_seconds: float = Field(default=60.0, gt=0)
+    # empty: everyone may associate; otherwise a caller must match one rule (node/access.py)
+    allowed_callers: tuple[AllowedCaller, ...] = ()
+    tls: ListenerTLS | None = None
+    # private and unknown SOP classes are taken as storage and stored as-is (false: refuse them)
+    accept_unknown_sop_classes: bool = True
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
@@ -73,6 +153,10 @@ class StorageConfig(_Section):
     path: Path
     results_path: Path | None = None
     min_free_mb: int = Field(default=DEFAULT_MIN_FREE_MB, ge=0)
+    # None keeps everything; otherwise delivered studies older than this are removed (node/retention.py)
+    retention_days: float | None = Field(default=None, gt=0)
+    # grouped: one syncfs(2) shared by concurrent writes; per_file: fsync of each file and folder
+    fsync: Literal["grouped", "per_file"] = "grouped"
 
     @property
     def results_dir(self) -> Path:
@@ -97,41 +181,137 @@ class CompletionConfig(_Section):
 
     quiet_seconds: float = Field(default=DEFAULT_QUIET_SECONDS, ge=0)
     poll_interval_seconds: float = Field(default=1.0, gt=0)
+    # a destination asked by C-FIND for NumberOfSeriesRelatedInstances: a match completes at once
+    verify_with: str | None = None
+    # instances arriving after a series completed: rerun (a new job) or ignore (stored, no job)
+    late_arrivals: Literal["rerun", "ignore"] = "rerun"
+
+
+#: What a destination receives: SEG, SR (measurements, classifications, text), Secondary Capture.
+ResultFormat = Literal["seg", "sr", "sc"]
+DEFAULT_FORMATS: tuple[ResultFormat, ...] = ("seg", "sr")
 
 
 class Destination(_Section):
-    """A DICOM peer that receives results by C-STORE."""
+    """A peer that receives results: by C-STORE (``kind: dicom``) or STOW-RS (``kind: dicomweb``)."""
 
-    ae_title: AETitle
-    host: str
-    port: Port
+    kind: Literal["dicom", "dicomweb"] = "dicom"
+    ae_title: AETitle | None = None
+    host: str | None = None
+    port: Port | None = None
     calling_ae_title: AETitle | None = None
+    tls: DestinationTLS | None = None
+    url: str | None = Field(default=None, pattern=r"^https?://")  # DICOMweb base, e.g. …/dicom-web
+    formats: tuple[ResultFormat, ...] = Field(default=DEFAULT_FORMATS, min_length=1)
 
     _ae = field_validator("ae_title", "calling_ae_title")(
         lambda v: None if v is None else _check_ae_title(v)
     )
 
+    @model_validator(mode="after")
+    def _address_of_kind(self) -> Destination:
+        if self.kind == "dicom" and None in (self.ae_title, self.host, self.port):
+            raise ValueError("a dicom destination needs ae_title, host and port")
+        if self.kind == "dicomweb" and self.url is None:
+            raise ValueError("a dicomweb destination needs url (the DICOMweb base, e.g. http://pacs/dicom-web)")
+        return self
 
-class Route(_Section):
-    """Series whose attributes equal ``match`` go to ``pipelines``; results go to ``send_to``.
 
-    A match value is a single value or a list of accepted values; comparison is on the DICOM
-    value as text (multi-valued attributes match when any value matches).
+class PipelineOptions(_Section):
+    """How one pipeline's results are encoded."""
+
+    # binary (default), fractional (probability maps) or labelmap (Label Map Segmentation, DICOM 2024)
+    seg_type: Literal["binary", "fractional", "labelmap"] = "binary"
+
+
+#: Route keys that match the association rather than a DICOM attribute of the series.
+ASSOCIATION_KEYS = ("calling_ae_title", "called_ae_title")
+
+MatchValue = str | int | float
+
+
+def _check_match_key(key: str) -> str:
+    if key in ASSOCIATION_KEYS:
+        return key
+    tag = tag_for_keyword(key)
+    if tag is None:
+        raise ValueError(
+            f"{key!r} is not a DICOM attribute keyword (nor {' or '.join(ASSOCIATION_KEYS)})"
+        )
+    if dictionary_VR(tag) == "SQ":
+        raise ValueError(f"{key!r} is a sequence; routes match plain attributes")
+    return key
+
+
+class Condition(_Section):
+    """What one attribute must satisfy; every given test must hold (node/routing.py).
+
+    Written as a value (``Modality: CT``), a list of accepted values (``Modality: [CT, MR]``),
+    or a mapping of tests: ``equals`` (a value or list), ``regex`` (searched, Python syntax),
+    ``ignore_case`` (for ``equals`` and ``regex``), ``min`` / ``max`` (inclusive, numeric) and
+    ``present`` (true: the attribute has a value; false: it is absent or empty).
     """
 
-    match: dict[str, str | int | float | list[str | int | float]] = Field(default_factory=dict)
-    pipelines: list[str] = Field(min_length=1)
-    send_to: list[str] = Field(default_factory=list)
+    equals: tuple[MatchValue, ...] | None = None
+    regex: str | None = None
+    ignore_case: bool = False
+    min: float | None = None
+    max: float | None = None
+    present: bool | None = None
 
-    @field_validator("match")
+    @model_validator(mode="before")
     @classmethod
-    def _known_keywords(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for keyword in value:
-            tag = tag_for_keyword(keyword)
-            if tag is None:
-                raise ValueError(f"{keyword!r} is not a DICOM attribute keyword")
-            if dictionary_VR(tag) == "SQ":
-                raise ValueError(f"{keyword!r} is a sequence; routes match plain attributes")
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return {"equals": value}
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return {"equals": [value]}
+        if isinstance(value, dict) and isinstance(value.get("equals"), str | int | float):
+            return {**value, "equals": [value["equals"]]}
+        return value
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {value!r}: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Condition:
+        if (self.equals, self.regex, self.min, self.max, self.present) == (None,) * 5:
+            raise ValueError("a condition needs equals, regex, min, max or present")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is greater than max {self.max:g}")
+        if self.ignore_case and self.equals is None and self.regex is None:
+            raise ValueError("ignore_case applies to equals or regex, and neither is given")
+        return self
+
+
+class Route(_Section):
+    """A routing rule: series whose attributes satisfy ``match`` get ``pipelines``.
+
+    Every matching rule adds its pipelines (results go to ``send_to``); a rule with
+    ``exclude: true`` instead removes its pipelines (all, when it names none) from every series
+    it matches, whatever the order of the rules. Multi-valued attributes match when any value
+    does. ``name`` is shown in logs and by ``radnode route --dry-run``.
+    """
+
+    name: str | None = None
+    match: dict[str, Condition] = Field(default_factory=dict)
+    pipelines: list[str] = Field(default_factory=list)
+    send_to: list[str] = Field(default_factory=list)
+    exclude: bool = False
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _known_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for key in value:
+                _check_match_key(str(key))
         return value
 
     @field_validator("pipelines")
@@ -143,6 +323,14 @@ class Route(_Section):
                 f"unknown pipeline(s) {', '.join(unknown)}; known: {', '.join(available_pipelines())}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _adds_or_excludes(self) -> Route:
+        if not self.exclude and not self.pipelines:
+            raise ValueError("a route needs pipelines (or exclude: true)")
+        if self.exclude and self.send_to:
+            raise ValueError("an exclude route sends nothing: remove send_to")
+        return self
 
 
 class DeliveryConfig(_Section):
@@ -165,6 +353,25 @@ class LoggingConfig(_Section):
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     phi: bool = False
+    format: Literal["text", "json"] = "text"
+
+
+class MetricsConfig(_Section):
+    """Prometheus /metrics: one port per process (the listener's, and each worker's)."""
+
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: Port = 9464
+    # a worker serves on worker_port + its GPU index (`--gpu N`), so one host runs one per GPU
+    worker_port: Port = 9465
+
+
+class WebConfig(_Section):
+    """The read-only status page, served by the listener process."""
+
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: Port = 8080
 
 
 class Config(_Section):
@@ -176,11 +383,29 @@ class Config(_Section):
     broker: BrokerConfig
     completion: CompletionConfig = Field(default_factory=CompletionConfig)
     destinations: dict[str, Destination] = Field(default_factory=dict)
+    pipelines: dict[str, PipelineOptions] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
     source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("pipelines")
+    @classmethod
+    def _options_of_known_pipelines(cls, value: dict[str, PipelineOptions]) -> dict[str, PipelineOptions]:
+        unknown = [name for name in value if name not in available_pipelines()]
+        if unknown:
+            raise ValueError(
+                f"options for unknown pipeline(s) {', '.join(unknown)}; "
+                f"known: {', '.join(available_pipelines())}"
+            )
+        return value
+
+    def pipeline_options(self, name: str) -> PipelineOptions:
+        """The options of pipeline ``name`` (the defaults when the file names none)."""
+        return self.pipelines.get(name) or PipelineOptions()
 
     @model_validator(mode="after")
     def _routes_name_destinations(self) -> Config:
@@ -192,6 +417,16 @@ class Config(_Section):
                         ("routes", index, "send_to"),
                         f"unknown destination {name!r} (destinations: {known})",
                     )
+        verify_with = self.completion.verify_with
+        if verify_with is not None:
+            peer = self.destinations.get(verify_with)
+            if peer is None or peer.kind != "dicom":
+                dicom = ", ".join(n for n, d in self.destinations.items() if d.kind == "dicom")
+                raise _KeyedError(
+                    ("completion", "verify_with"),
+                    f"{verify_with!r} is not a dicom destination (C-FIND needs one: "
+                    f"{dicom or 'none configured'})",
+                )
         return self
 
 
@@ -214,6 +449,17 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         part = data.get(section)
         if isinstance(part, dict) and isinstance(part.get("url"), str):
             part["url"] = _resolve_sqlite_url(part["url"], base)
+    node = data.get("node")
+    destinations = data.get("destinations")
+    tls_sections = [node.get("tls") if isinstance(node, dict) else None] + [
+        peer.get("tls") for peer in (destinations.values() if isinstance(destinations, dict) else [])
+        if isinstance(peer, dict)
+    ]
+    for tls in tls_sections:
+        if isinstance(tls, dict):
+            for key in ("certificate", "private_key", "ca_certificates"):
+                if isinstance(tls.get(key), str):
+                    tls[key] = str((base / tls[key]).resolve())
 
 
 def _resolve_sqlite_url(url: str, base: Path) -> str:

@@ -26,8 +26,10 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.schema import CreateColumn
 
 __all__ = [
     "Database",
@@ -117,6 +119,10 @@ class Series(Base):
     series_number: Mapped[int | None] = mapped_column(Integer)
     series_description: Mapped[str] = mapped_column(String(64), default="")
     calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    # the sender's IP address (audit trail: who sent what)
+    calling_address: Mapped[str] = mapped_column(String(45), default="", server_default="")
+    # the AE title the sender called radnode by (routes may match on it)
+    called_ae_title: Mapped[str] = mapped_column(String(16), default="", server_default="")
     state: Mapped[SeriesState] = mapped_column(_state(SeriesState), default=SeriesState.RECEIVING)
     # bumped each time the series completes; a late arrival makes a new revision and a new job
     revision: Mapped[int] = mapped_column(Integer, default=0)
@@ -140,6 +146,7 @@ class Instance(Base):
     path: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(Integer)
     calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    calling_address: Mapped[str] = mapped_column(String(45), default="", server_default="")
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     series: Mapped[Series] = relationship(back_populates="instances")
@@ -221,8 +228,9 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
-        """Create missing tables (idempotent; every process may call it at start)."""
+        """Create missing tables and columns (idempotent; every process may call it at start)."""
         Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -232,6 +240,21 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Additive schema changes: a column added to a model after its table was created.
+
+    Such columns carry a server default, so existing rows get a value without a migration tool.
+    """
+    with engine.begin() as connection:
+        inspector = inspect(connection)  # the same connection: SQLite's write lock is held by it
+        for table in Base.metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    ddl = CreateColumn(column).compile(dialect=engine.dialect)
+                    connection.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
 
 
 def _make_engine(url: str) -> Engine:

@@ -1,12 +1,19 @@
-"""Delivery: C-STORE of result objects to a destination, judged by the peer's status.
+"""Delivery: C-STORE (or STOW-RS, PS3.18 10.5) of result objects to a destination, judged by its answer.
 
 Network and association failures are DestinationUnreachable (retried with backoff by the
-caller); a failure status from the peer is DestinationRefused (not retried).
+caller); a failure status from the peer is DestinationRefused (not retried). For STOW-RS, HTTP
+5xx, 408 and 429 count as unreachable; any other 4xx, or a Failed SOP Sequence in the response
+(its Failure Reason is the DIMSE status), is a refusal.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+import urllib.error
+import urllib.request
+import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -14,19 +21,52 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.association import Association
+from sqlalchemy import select
 
 from node.config import Config, DeliveryConfig, Destination
-from node.db import Database, Delivery, DeliveryState, utcnow
+from node.db import Database, Delivery, DeliveryState, Result, utcnow
 from node.dimse import StoreStatus
-from node.errors import DestinationRefused, DestinationUnreachable
+from node.errors import ConfigError, DestinationRefused, DestinationUnreachable
+from node.metrics import DELIVERY_ATTEMPTS, JOB_STAGE_SECONDS
+from node.tls import client_context
 
-__all__ = ["attempt_delivery", "backoff_seconds", "send_files"]
+__all__ = ["attempt_delivery", "backoff_seconds", "open_association", "send_files", "stow_files"]
 
 log = logging.getLogger("radnode.delivery")
 
 def backoff_seconds(config: DeliveryConfig, attempt: int) -> float:
     """Delay before retry number ``attempt`` (1-based): doubling, capped."""
     return min(config.first_backoff_seconds * 2 ** (attempt - 1), config.max_backoff_seconds)
+
+
+def open_association(ae: AE, destination: Destination) -> Association:
+    """An established association from ``ae`` to a dicom ``destination`` (TLS if configured).
+
+    Raises DestinationUnreachable (retry later) with where and why.
+    """
+    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+    try:
+        tls_args = (
+            (client_context(destination.tls, f"destination {where} tls"), destination.host)
+            if destination.tls is not None
+            else None
+        )
+        assoc = ae.associate(
+            destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+        )
+    except ConfigError as exc:  # a TLS file the admin can fix: retried like an outage
+        raise DestinationUnreachable(str(exc)) from exc
+    except OSError as exc:
+        raise DestinationUnreachable(f"cannot connect to {where}: {exc}") from exc
+    if not assoc.is_established:
+        transport = assoc.dul.socket
+        if transport is not None and transport.socket is not None:
+            transport.socket.close()  # pynetdicom leaves the socket of a failed association open
+        if assoc.is_rejected:
+            raise DestinationUnreachable(f"{where} rejected the association")
+        raise DestinationUnreachable(f"no association with {where} (connection refused or timed out)")
+    return assoc
 
 
 def send_files(
@@ -45,14 +85,7 @@ def send_files(
     for sop_class, offered in syntaxes.items():
         ae.add_requested_context(sop_class, offered)
     where = f"{destination.ae_title}@{destination.host}:{destination.port}"
-    try:
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-    except OSError as exc:
-        raise DestinationUnreachable(f"cannot connect to {where}: {exc}") from exc
-    if not assoc.is_established:
-        if assoc.is_rejected:
-            raise DestinationUnreachable(f"{where} rejected the association")
-        raise DestinationUnreachable(f"no association with {where} (connection refused or timed out)")
+    assoc = open_association(ae, destination)
     try:
         for ds in datasets:
             status = assoc.send_c_store(ds)
@@ -71,6 +104,77 @@ def send_files(
             assoc.release()
 
 
+_RETRYABLE_HTTP = frozenset({408, 429})
+_FAILED_SOP_SEQUENCE = "00081198"
+_FAILURE_REASON = "00081197"
+_REFERENCED_SOP_INSTANCE_UID = "00081155"
+
+
+def _stow_refusal(where: str, answer: bytes) -> DestinationRefused | None:
+    """The first failed instance in a STOW-RS response (PS3.18 Table 10.5.3-1), if any."""
+    try:
+        failed = json.loads(answer or b"{}").get(_FAILED_SOP_SEQUENCE, {}).get("Value", [])
+    except (ValueError, AttributeError):
+        return None
+    if not failed:
+        return None
+    item = failed[0]
+    reason = (item.get(_FAILURE_REASON, {}).get("Value") or [StoreStatus.PROCESSING_FAILURE])[0]
+    sop = (item.get(_REFERENCED_SOP_INSTANCE_UID, {}).get("Value") or ["?"])[0]
+    return DestinationRefused(f"{where} refused {sop} with Failure Reason 0x{int(reason):04X}", int(reason))
+
+
+def stow_files(destination: Destination, paths: Sequence[Path], *, timeout_seconds: float) -> None:
+    """POST the files to ``{url}/studies`` in one multipart/related request, or raise why not."""
+    where = f"{destination.url}/studies"
+    boundary = uuid.uuid4().hex
+    parts = [
+        b"--%s\r\nContent-Type: application/dicom\r\n\r\n%s\r\n" % (boundary.encode(), path.read_bytes())
+        for path in paths
+    ]
+    request = urllib.request.Request(
+        where,
+        data=b"".join(parts) + b"--%s--\r\n" % boundary.encode(),
+        method="POST",
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_seconds) as response:
+            answer = response.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        refusal = _stow_refusal(where, body)
+        if exc.code >= 500 or exc.code in _RETRYABLE_HTTP:
+            raise DestinationUnreachable(f"{where} answered HTTP {exc.code} {exc.reason}") from exc
+        if refusal is not None:
+            raise refusal from exc
+        text = body.decode("utf-8", "replace")[:200]
+        raise DestinationRefused(f"{where} refused the upload: HTTP {exc.code} {exc.reason} {text}".strip(),
+                                 None) from exc
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        raise DestinationUnreachable(f"cannot reach {where}: {exc}") from exc
+    refusal = _stow_refusal(where, answer)
+    if refusal is not None:
+        raise refusal
+    log.debug("stored by STOW-RS destination=%s files=%d", where, len(paths))
+
+
+def pending_deliveries(db: Database, job_id: int) -> list[int]:
+    """Ids of the job's deliveries that were never attempted (state PENDING)."""
+    with db.session() as session:
+        return list(
+            session.scalars(
+                select(Delivery.id)
+                .join(Result)
+                .where(Result.job_id == job_id, Delivery.state == DeliveryState.PENDING)
+                .order_by(Delivery.id)
+            )
+        )
+
+
 def attempt_delivery(db: Database, config: Config, delivery_id: int) -> float | None:
     """Try delivery ``delivery_id`` once; return seconds until the next try, or None when done.
 
@@ -85,18 +189,23 @@ def attempt_delivery(db: Database, config: Config, delivery_id: int) -> float | 
         path = Path(delivery.result.path)
         delivery.attempts += 1
         attempt = delivery.attempts
+        pipeline = delivery.result.job.pipeline
     destination = config.destinations.get(name)
+    started = time.perf_counter()
     state, error, status, retry_in = DeliveryState.SENT, "", None, None
     if destination is None:
         state, error = DeliveryState.FAILED, f"destination {name!r} is no longer configured"
     else:
         try:
-            send_files(
-                destination,
-                [path],
-                calling_ae_title=config.node.ae_title,
-                timeout_seconds=config.delivery.timeout_seconds,
-            )
+            if destination.kind == "dicomweb":
+                stow_files(destination, [path], timeout_seconds=config.delivery.timeout_seconds)
+            else:
+                send_files(
+                    destination,
+                    [path],
+                    calling_ae_title=config.node.ae_title,
+                    timeout_seconds=config.delivery.timeout_seconds,
+                )
         except DestinationRefused as exc:
             state, error, status = DeliveryState.FAILED, str(exc), exc.status
         except (DestinationUnreachable, OSError) as exc:
@@ -105,6 +214,8 @@ def attempt_delivery(db: Database, config: Config, delivery_id: int) -> float | 
                 state, error = DeliveryState.FAILED, f"gave up after {attempt} attempts: {exc}"
             else:
                 state, retry_in = DeliveryState.RETRYING, backoff_seconds(config.delivery, attempt)
+    JOB_STAGE_SECONDS.labels(pipeline, "deliver").observe(time.perf_counter() - started)
+    DELIVERY_ATTEMPTS.labels(name, state.value).inc()
     with db.session() as session:
         delivery = session.get(Delivery, delivery_id)
         delivery.state = state

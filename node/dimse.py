@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["StoreStatus"]
+__all__ = ["FindStatus", "StoreStatus"]
 
 
 class StoreStatus(IntEnum):
@@ -22,3 +22,11 @@ class StoreStatus(IntEnum):
     def is_success(cls, status: int) -> bool:
         """Success or a warning (0xB000, 0xB007, 0xB006): the peer stored the instance."""
         return status == cls.SUCCESS or (status & 0xF000) == 0xB000
+
+
+class FindStatus(IntEnum):
+    """C-FIND response statuses (PS3.4 Table C.4-1)."""
+
+    SUCCESS = 0x0000
+    PENDING = 0xFF00
+    PENDING_OPTIONAL_KEYS_UNSUPPORTED = 0xFF01

@@ -2,12 +2,15 @@
 
     RadnodeError
     ├── ConfigError             the YAML file is wrong (each problem names the key path and line)
+    ├── BrokerUnreachable       a job could not be put on the broker: it waits in the database
     ├── StorageError            an instance could not be stored
     │   ├── InvalidInstance     the dataset itself is unusable (missing/invalid UIDs, undecodable)
     │   └── OutOfSpace          the spool reached its free-space floor
-    └── DeliveryError           a result could not be sent to a destination
-        ├── DestinationUnreachable   network / association failure: retried with backoff
-        └── DestinationRefused       the peer answered with a failure status: not retried
+    ├── DeliveryError           a result could not be sent to a destination
+    │   ├── DestinationUnreachable   network / association failure: retried with backoff
+    │   └── DestinationRefused       the peer answered with a failure status: not retried
+    └── NotRetryable            `radnode retry` refused: the job/delivery is unknown, not failed,
+                                or its files were removed by retention
 
 Third-party exceptions (pydicom, pynetdicom, OSError) are translated once, where they occur,
 with ``raise ... from exc``.
@@ -16,11 +19,13 @@ with ``raise ... from exc``.
 from __future__ import annotations
 
 __all__ = [
+    "BrokerUnreachable",
     "ConfigError",
     "DeliveryError",
     "DestinationRefused",
     "DestinationUnreachable",
     "InvalidInstance",
+    "NotRetryable",
     "OutOfSpace",
     "RadnodeError",
     "StorageError",
@@ -37,6 +42,10 @@ class ConfigError(RadnodeError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+class BrokerUnreachable(RadnodeError):
+    """The Celery broker did not take a message; the job stays QUEUED and is enqueued again."""
 
 
 class StorageError(RadnodeError):
@@ -70,6 +79,10 @@ class DestinationUnreachable(DeliveryError):
 class DestinationRefused(DeliveryError):
     """The destination answered with a failure status; retrying would not help."""
 
-    def __init__(self, message: str, status: int) -> None:
-        self.status = status
+    def __init__(self, message: str, status: int | None) -> None:
+        self.status = status  # the DIMSE status (or STOW-RS Failure Reason); None for a bare HTTP error
         super().__init__(message)
+
+
+class NotRetryable(RadnodeError):
+    """``radnode retry`` cannot re-queue this job or delivery (the message says why)."""

@@ -20,15 +20,18 @@ import torch
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
+from dicom_sr.sc import build_sc
 from dicom_sr.seg import build_seg
 from dicom_sr.sr import build_sr
+from dicom_sr.text import build_text_sr
 from dicom_sr.uids import ResultKind, result_uids
 from inference.errors import NotApplicable, VolumeError
 from inference.findings import Findings
 from inference.pipelines import UnknownPipeline, create
 from inference.volume import Volume, load_series
-from node.config import Config
+from node.config import DEFAULT_FORMATS, Config
 from node.db import Database, Delivery, DeliveryState, Instance, Job, JobState, Result, utcnow
+from node.metrics import JOB_STAGE_SECONDS, JOBS_FINISHED
 from node.store import write_durably
 
 __all__ = ["JobRunner", "select_device"]
@@ -37,6 +40,15 @@ log = logging.getLogger("radnode.jobs")
 
 SEG_SERIES_NUMBER = 9901
 SR_SERIES_NUMBER = 9902
+TEXT_SERIES_NUMBER = 9903
+SC_SERIES_NUMBER = 9904
+# destinations choose formats (`destinations.NAME.formats`); the text report is an SR
+_FORMAT_OF_KIND = {
+    ResultKind.SEG.value: "seg",
+    ResultKind.SR.value: "sr",
+    ResultKind.TEXT.value: "sr",
+    ResultKind.SC.value: "sc",
+}
 _FINISHED = (JobState.SUCCEEDED, JobState.NOT_APPLICABLE, JobState.FAILED)
 
 
@@ -51,9 +63,10 @@ def select_device(choice: str) -> torch.device:
 
 
 class _StageClock:
-    """Seconds spent per stage of a job, for the log line that ends it."""
+    """Seconds spent per stage of a job, for the log line that ends it and the histogram."""
 
-    def __init__(self) -> None:
+    def __init__(self, pipeline: str) -> None:
+        self.pipeline = pipeline
         self.seconds: dict[str, float] = {}
 
     @contextmanager
@@ -63,6 +76,7 @@ class _StageClock:
             yield
         finally:
             self.seconds[stage] = time.perf_counter() - start
+            JOB_STAGE_SECONDS.labels(self.pipeline, stage).observe(self.seconds[stage])
 
     def __str__(self) -> str:
         return " ".join(f"{stage}_s={value:.2f}" for stage, value in self.seconds.items())
@@ -81,18 +95,21 @@ class _Work:
 class JobRunner:
     """Runs jobs by id against the database and the spool."""
 
-    def __init__(self, config: Config, db: Database, device: torch.device) -> None:
+    def __init__(
+        self, config: Config, db: Database, device: torch.device, name: str = socket.gethostname()
+    ) -> None:
         self.config = config
         self.db = db
         self.device = device
+        self.name = name  # recorded in Job.worker: which worker (host) ran the job
         self.results_dir = config.storage.results_dir
 
-    def run(self, job_id: int) -> list[int]:
-        """Run job ``job_id`` unless it already finished; return the ids of new deliveries."""
+    def run(self, job_id: int) -> None:
+        """Run job ``job_id`` unless it already finished; its results get PENDING deliveries."""
         work = self._claim(job_id)
         if work is None:
-            return []
-        clock = _StageClock()
+            return
+        clock = _StageClock(work.pipeline)
         try:
             pipeline = create(work.pipeline)
             with clock("load"):
@@ -102,17 +119,20 @@ class JobRunner:
             with clock("encode"):
                 objects = self._encode(work, pipeline.version, volume, findings)
         except NotApplicable as exc:
-            return self._finish(job_id, JobState.NOT_APPLICABLE, f"not applicable: {exc}")
+            self._finish(job_id, JobState.NOT_APPLICABLE, f"not applicable: {exc}")
+            return
         except (VolumeError, UnknownPipeline) as exc:
-            return self._finish(job_id, JobState.FAILED, str(exc))
+            self._finish(job_id, JobState.FAILED, str(exc))
+            return
         except Exception as exc:  # an unexpected bug must fail this job, not the worker
             log.exception("job failed job=%d pipeline=%s", job_id, work.pipeline)
-            return self._finish(job_id, JobState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+            self._finish(job_id, JobState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+            return
         log.info(
             "job done job=%d pipeline=%s series=%s %s",
             job_id, work.pipeline, work.series_uid, clock,
         )
-        return self._record_results(work, pipeline.version, objects)
+        self._record_results(work, pipeline.version, objects)
 
     def _claim(self, job_id: int) -> _Work | None:
         with self.db.session() as session:
@@ -126,7 +146,7 @@ class JobRunner:
             job.state = JobState.RUNNING
             job.started_at = utcnow()
             job.attempts += 1
-            job.worker = socket.gethostname()
+            job.worker = self.name
             paths = session.scalars(
                 select(Instance.path).where(Instance.series_id == job.series_id)
             ).all()
@@ -139,43 +159,61 @@ class JobRunner:
                 destinations=tuple(job.destinations),
             )
 
-    def _finish(self, job_id: int, state: JobState, reason: str) -> list[int]:
+    def _finish(self, job_id: int, state: JobState, reason: str) -> None:
         log.info("job ended job=%d state=%s reason=%s", job_id, state.value, reason)
         with self.db.session() as session:
             job = session.get(Job, job_id)
             job.state = state
             job.reason = reason
             job.finished_at = utcnow()
+            JOBS_FINISHED.labels(job.pipeline, state.value).inc()
         return []
 
     def _encode(
         self, work: _Work, version: str, volume: Volume, findings: Findings
     ) -> list[tuple[str, Dataset]]:
-        seg_uids, sr_uids = (
-            result_uids(work.series_uid, work.pipeline, version, findings.algorithm.model_sha256, kind)
-            for kind in (ResultKind.SEG, ResultKind.SR)
-        )
-        seg = build_seg(
-            findings,
-            volume.headers,
-            series_instance_uid=seg_uids.series_instance_uid,
-            sop_instance_uid=seg_uids.sop_instance_uid,
-            series_number=SEG_SERIES_NUMBER,
-        )
-        sr = build_sr(
-            findings,
-            volume.headers,
-            seg,
-            series_instance_uid=sr_uids.series_instance_uid,
-            sop_instance_uid=sr_uids.sop_instance_uid,
-            series_number=SR_SERIES_NUMBER,
-            procedure_reported=findings.procedure_reported,
-        )
-        return [("seg", seg), ("sr", sr)]
+        """Every object the findings call for: SEG, TID 1500 SR, text SR; SC when a destination wants it."""
+        headers = volume.headers
+        options = self.config.pipeline_options(work.pipeline)
+
+        def uids(kind: ResultKind, variant: str = "") -> dict[str, str]:
+            ids = result_uids(work.series_uid, work.pipeline, version, findings.algorithm.model_sha256,
+                              kind, variant)
+            return {"series_instance_uid": ids.series_instance_uid, "sop_instance_uid": ids.sop_instance_uid}
+
+        objects: list[tuple[str, Dataset]] = []
+        seg = None
+        if findings.segments:
+            # another encoding is another object: binary keeps the plain identity
+            variant = "" if options.seg_type == "binary" else options.seg_type
+            seg = build_seg(findings, headers, series_number=SEG_SERIES_NUMBER,
+                            seg_type=options.seg_type, **uids(ResultKind.SEG, variant))
+            objects.append((ResultKind.SEG.value, seg))
+        if findings.groups or findings.classifications:
+            sr = build_sr(findings, headers, seg, series_number=SR_SERIES_NUMBER,
+                          procedure_reported=findings.procedure_reported, **uids(ResultKind.SR))
+            objects.append((ResultKind.SR.value, sr))
+        if findings.report_text:
+            text = build_text_sr(findings, headers, series_number=TEXT_SERIES_NUMBER,
+                                 **uids(ResultKind.TEXT))
+            objects.append((ResultKind.TEXT.value, text))
+        if findings.segments and any("sc" in self._formats(name) for name in work.destinations):
+            pixels = volume.voxels.detach().cpu().numpy()
+            objects.extend(
+                (ResultKind.SC.value, image)
+                for image in build_sc(findings, headers, pixels, series_number=SC_SERIES_NUMBER,
+                                      **uids(ResultKind.SC))
+            )
+        return objects
+
+    def _formats(self, destination: str) -> tuple[str, ...]:
+        """What ``destination`` receives; a name no longer configured gets the default (and fails visibly)."""
+        known = self.config.destinations.get(destination)
+        return known.formats if known is not None else DEFAULT_FORMATS
 
     def _record_results(
         self, work: _Work, version: str, objects: list[tuple[str, Dataset]]
-    ) -> list[int]:
+    ) -> None:
         rows = []
         for kind, ds in objects:
             path = self.results_dir / work.study_uid / f"{ds.SOPInstanceUID}.dcm"
@@ -200,10 +238,10 @@ class JobRunner:
                 deliveries.extend(
                     Delivery(result=result, destination=name, state=DeliveryState.PENDING)
                     for name in work.destinations
+                    if _FORMAT_OF_KIND[kind] in self._formats(name)
                 )
             session.add_all(deliveries)
             job.state = JobState.SUCCEEDED
             job.reason = ""
             job.finished_at = utcnow()
-            session.flush()
-            return [delivery.id for delivery in deliveries]
+            JOBS_FINISHED.labels(job.pipeline, JobState.SUCCEEDED.value).inc()

@@ -2,24 +2,53 @@
 
 radnode never passes patient attributes (name, ID, birth date) to a log call; ``logging.phi``
 exists so that a site that wants them for troubleshooting must say so explicitly.
+
+``logging.format: json`` writes each event as one JSON object per line for log shippers
+(Filebeat, Fluent Bit, Vector, journald → Loki): ``ts``, ``level``, ``logger``, ``message``, and
+every ``key=value`` pair of the message as a field of its own (``job``, ``series``, ``state``…).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
+from datetime import UTC, datetime
 
 from node.config import LoggingConfig
 
-__all__ = ["configure_logging"]
+__all__ = ["JsonFormatter", "configure_logging"]
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+_FIELD = re.compile(r"(?<![\w.])([a-z_]+)=(\S+)")
+_RESERVED = frozenset({"ts", "level", "logger", "message", "exception", "process"})
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per event; ``key=value`` pairs in the message become fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        event: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": message,
+            "process": record.process,
+        }
+        for key, value in _FIELD.findall(message):
+            if key not in _RESERVED:
+                event.setdefault(key, value)
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return json.dumps(event, ensure_ascii=False)
 
 
 def configure_logging(config: LoggingConfig) -> None:
     """Send radnode's logs to stderr at the configured level (journald picks them up)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.setFormatter(JsonFormatter() if config.format == "json" else logging.Formatter(_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.level)

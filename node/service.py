@@ -14,10 +14,12 @@ import sys
 import threading
 from pathlib import Path
 
-from node.completion import CompletionWatcher
+from node.completion import CompletionWatcher, PacsCounter
 from node.config import Config
 from node.db import Database, Delivery, DeliveryState
 from node.listener import AssociationTracker, Listener
+from node.metrics import NodeCollector, serve_metrics
+from node.retention import RetentionSweeper
 from node.store import Spool
 from node.tasks import Enqueuer, create_app
 
@@ -89,12 +91,21 @@ def serve(config: Config, *, with_worker: bool) -> None:
     """Run the listener (and a worker) until SIGTERM or SIGINT."""
     prepare_paths(config)
     db = Database(config.database.url)
-    db.create_schema()
-    spool = Spool(config.storage.path, config.storage.min_free_mb * 2**20)
+    db.create_schema()  # node.retention is imported: its Purge table is created too
+    spool = Spool(
+        config.storage.path, config.storage.min_free_mb * 2**20,
+        group_sync=config.storage.fsync == "grouped",
+    )
     tracker = AssociationTracker()
     enqueuer = Enqueuer(create_app(config))
+    verify_with = config.completion.verify_with
+    counter = None if verify_with is None else PacsCounter(
+        config.destinations[verify_with],
+        calling_ae_title=config.node.ae_title,
+        timeout_seconds=config.delivery.timeout_seconds,
+    )
     watcher = CompletionWatcher(
-        db, config.completion, config.routes, tracker.busy_series, enqueuer.job
+        db, config.completion, config.routes, tracker.busy_series, enqueuer.job, counter
     )
     listener = Listener(config.node, spool, db, tracker)
     listener.start()
@@ -104,6 +115,17 @@ def serve(config: Config, *, with_worker: bool) -> None:
     if requeued or redelivered:
         log.info("resumed after restart jobs=%d deliveries=%d", requeued, redelivered)
     watcher.start()
+    if config.metrics.enabled:
+        serve_metrics(config.metrics.bind, config.metrics.port, NodeCollector(db, config.storage.path))
+    page = None
+    if config.web.enabled:
+        from node.web import StatusPage
+
+        page = StatusPage(db, config)
+        page.start()
+    sweeper = RetentionSweeper(db, config.storage)
+    if config.storage.retention_days is not None:
+        sweeper.start()
     supervisor = None
     if with_worker:
         assert config.source is not None, "serve --with-worker needs the config file's path"
@@ -117,6 +139,9 @@ def serve(config: Config, *, with_worker: bool) -> None:
     log.info("stopping")
     listener.stop()
     watcher.stop()
+    sweeper.stop()
+    if page is not None:
+        page.stop()
     if supervisor is not None:
         supervisor.stop()
     db.dispose()

@@ -1,17 +1,25 @@
 """The spool: received instances, durably on disk, as ``<root>/<study>/<series>/<sop>.dcm``.
 
-Each file is written to a temporary name in its final folder, fsynced, renamed into place, and
-its folder fsynced, so after a crash a file is either complete or absent. UIDs are validated
-before they become path components (PS3.5 9.1: digits and dots, at most 64 characters), which
-also makes path traversal impossible.
+Each file is written to a temporary name in its final folder and renamed into place, and only
+then made durable, so after a crash a file is either complete or absent. Durability is one of:
+
+- per file: fsync of the file, then of its folder (two disk flushes per instance);
+- grouped (Linux, the default): one ``syncfs(2)`` of the spool's file system, which flushes every
+  file and folder entry written before it. Concurrent writers share one flush (group commit),
+  and even one sender pays one flush per instance instead of two.
+
+UIDs are validated before they become path components (PS3.5 9.1: digits and dots, at most 64
+characters), which also makes path traversal impossible.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import re
 import shutil
+import struct
 import threading
 from io import BytesIO
 from pathlib import Path
@@ -19,11 +27,11 @@ from typing import NamedTuple
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from node.errors import InvalidInstance, OutOfSpace, StorageError
 
-__all__ = ["InstanceHeader", "Spool", "read_header", "validate_uid", "write_durably"]
+__all__ = ["FileSystemSync", "InstanceHeader", "Spool", "read_header", "validate_uid", "write_durably"]
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # leading zeros are wrong, but seen from modalities
 UID_MAX_LENGTH = 64
@@ -89,7 +97,8 @@ def read_header(part10: bytes) -> InstanceHeader:
     try:
         ds = dcmread(BytesIO(part10), stop_before_pixels=True, specific_tags=list(_HEADER_KEYWORDS))
         values = {keyword: _raw_text(ds, keyword) for keyword in _HEADER_KEYWORDS}
-    except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
+    except (InvalidDicomError, BytesLengthException, ValueError, KeyError, EOFError, OSError, TypeError,
+            NotImplementedError, struct.error) as exc:
         raise InvalidInstance(f"cannot decode the dataset: {exc}", undecodable=True) from exc
     if all(values[keyword] is None for keyword in _HEADER_KEYWORDS[:4]):
         raise InvalidInstance(
@@ -108,12 +117,78 @@ def read_header(part10: bytes) -> InstanceHeader:
     )
 
 
-class Spool:
-    """Durable storage of received instances under one root folder."""
+class FileSystemSync:
+    """Group commit for one file system: :meth:`sync` returns once a ``syncfs(2)`` that started
+    after the call has completed, so everything written before the call is durable.
 
-    def __init__(self, root: Path, min_free_bytes: int) -> None:
+    Callers that arrive while a flush runs wait for the next one and share it: with N
+    associations writing at once, one flush serves up to N instances.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self._syncfs = _libc_syncfs()
+        if self._syncfs is None:
+            raise OSError(errno.ENOSYS, "syncfs(2) is not available on this system")
+        self._fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        self._cond = threading.Condition()
+        self._started = 0  # flushes begun
+        self._done = 0  # the newest flush that completed
+        self._running = False
+
+    @staticmethod
+    def available() -> bool:
+        return _libc_syncfs() is not None
+
+    def sync(self) -> None:
+        """Block until every write made before this call is on stable storage."""
+        with self._cond:
+            target = self._started + 1  # a flush that starts after now
+            while self._done < target:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                self._started += 1
+                generation = self._started
+                self._cond.release()
+                try:
+                    failed = self._syncfs(self._fd) != 0
+                    code = ctypes.get_errno()
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._cond.notify_all()
+                if failed:  # the waiters start a flush of their own and see the error too
+                    raise OSError(code, os.strerror(code))
+                self._done = generation
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _libc_syncfs():  # type: ignore[no-untyped-def]
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    return function
+
+
+class Spool:
+    """Durable storage of received instances under one root folder.
+
+    ``group_sync`` makes writes durable with a shared ``syncfs(2)`` (see the module docstring);
+    without it, or where syncfs does not exist, each file and its folder are fsynced.
+    """
+
+    def __init__(self, root: Path, min_free_bytes: int, *, group_sync: bool = False) -> None:
         self.root = root
         self.min_free_bytes = min_free_bytes
+        self._sync: FileSystemSync | None = None
+        if group_sync and FileSystemSync.available():
+            root.mkdir(parents=True, exist_ok=True)
+            self._sync = FileSystemSync(root)
 
     def path_for(self, header: InstanceHeader) -> Path:
         """Where an instance lives; the UIDs were validated by :func:`read_header`."""
@@ -129,24 +204,50 @@ class Spool:
         self.root.mkdir(parents=True, exist_ok=True)
         return shutil.disk_usage(self.root).free
 
-    def write(self, header: InstanceHeader, part10: bytes) -> Path:
+    def write(self, header: InstanceHeader, part10: bytes, *, sync: bool = True) -> Path:
         """Write ``part10`` durably and return its path; raise OutOfSpace below the floor.
 
-        Re-writing an instance that is already stored replaces it atomically (a re-send).
+        Re-writing an instance that is already stored replaces it atomically (a re-send). With
+        ``sync=False`` and group sync on, the file is complete but not yet durable: the caller
+        calls :meth:`sync` (after writing its database row, so one flush covers both).
         """
-        if self.free_bytes() - len(part10) < self.min_free_bytes:
+        if self.min_free_bytes and self.free_bytes() - len(part10) < self.min_free_bytes:
             raise OutOfSpace(
                 f"spool {self.root} is at its free-space floor "
                 f"({self.min_free_bytes // 2**20} MiB); refusing new instances until space returns"
             )
         path = self.path_for(header)
         try:
-            write_durably(path, part10)
+            if self._sync is None:
+                write_durably(path, part10)
+            else:
+                _write_and_rename(path, part10, fsync=False)
+                if sync:
+                    self._sync.sync()
         except OSError as exc:
             if exc.errno == errno.ENOSPC:  # the floor was too low for a burst
                 raise OutOfSpace(f"spool {self.root} is full: {exc.strerror}") from exc
             raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
         return path
+
+    def sync(self) -> None:
+        """Make every file written so far durable (a no-op when each file was fsynced)."""
+        if self._sync is not None:
+            try:
+                self._sync.sync()
+            except OSError as exc:
+                raise StorageError(f"cannot flush the spool {self.root} to disk: {exc.strerror}") from exc
+
+    def covers(self, path: Path) -> bool:
+        """Whether :meth:`sync` also makes writes to ``path`` durable (same file system)."""
+        try:
+            return self._sync is not None and os.stat(path).st_dev == os.stat(self.root).st_dev
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
 
 
 def write_durably(path: Path, data: bytes) -> None:
@@ -154,22 +255,34 @@ def write_durably(path: Path, data: bytes) -> None:
 
     tmp file in the same folder → fsync → rename → fsync of the folder (and of new parents).
     """
+    created = _write_and_rename(path, data, fsync=True)
+    _fsync_dir(path.parent)
+    for folder in created:  # the new folders' own entries must survive a crash too
+        _fsync_dir(folder.parent)
+
+
+def _write_and_rename(path: Path, data: bytes, *, fsync: bool) -> list[Path]:
+    """tmp file in the final folder (fsynced if asked) → rename; return the folders created."""
     folder = path.parent
-    missing = [p for p in (folder.parent, folder) if not p.exists()]
-    folder.mkdir(parents=True, exist_ok=True)
+    created: list[Path] = []
     tmp = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
-        with open(tmp, "wb") as handle:
+        handle = open(tmp, "wb")  # noqa: SIM115 - closed below; the folder may not exist yet
+    except FileNotFoundError:
+        created = [p for p in (folder.parent, folder) if not p.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(tmp, "wb")  # noqa: SIM115
+    try:
+        with handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(folder)
-    for created in missing:  # the new folders' own entries must survive a crash too
-        _fsync_dir(created.parent)
+    return created
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 from celery import Celery
 from celery.signals import worker_process_init
+from kombu.exceptions import OperationalError as KombuOperationalError
+from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 
 from node.config import Config
 from node.db import Database
+from node.errors import BrokerUnreachable
 
 __all__ = ["DELIVER", "QUEUE", "RUN_JOB", "Enqueuer", "create_app", "run_worker"]
 
@@ -26,6 +30,15 @@ DELIVER = "radnode.deliver"
 # Redis/SQS re-deliver an unacknowledged message after this long; it must exceed the longest job.
 VISIBILITY_TIMEOUT_SECONDS = 4 * 3600
 SQLITE_BROKER_BUSY_TIMEOUT_SECONDS = 30
+DATABASE_RETRY_MAX_SECONDS = 30
+# A task that finds the database unreachable is re-sent with backoff (Celery logs "Retry in N s"),
+# not acknowledged as failed: its job must not be lost to a database restart.
+_RETRY_WHILE_DATABASE_DOWN: dict[str, object] = {
+    "autoretry_for": (SQLAlchemyOperationalError,),
+    "retry_backoff": 1,
+    "retry_backoff_max": DATABASE_RETRY_MAX_SECONDS,
+    "max_retries": None,
+}
 
 
 def create_app(config: Config) -> Celery:
@@ -60,33 +73,49 @@ class Enqueuer:
         self.app = app
 
     def job(self, job_id: int) -> None:
-        self.app.send_task(RUN_JOB, args=[job_id], queue=QUEUE)
+        """Put a job id on the broker, or raise BrokerUnreachable (after kombu's own retries)."""
+        try:
+            self.app.send_task(RUN_JOB, args=[job_id], queue=QUEUE)
+        except (KombuOperationalError, OSError) as exc:
+            raise BrokerUnreachable(f"broker did not take job {job_id}: {exc}") from exc
 
     def delivery(self, delivery_id: int, countdown: float = 0) -> None:
         self.app.send_task(DELIVER, args=[delivery_id], queue=QUEUE, countdown=countdown or None)
 
 
-def run_worker(config: Config, *, device: str, hostname: str | None = None) -> None:
-    """Run a Celery worker (one process, one job at a time) until it is stopped."""
-    from node.delivery import attempt_delivery
+def run_worker(
+    config: Config, *, device: str, hostname: str | None = None, metrics_port: int | None = None
+) -> None:
+    """Run a Celery worker (one process, one job at a time) until it is stopped.
+
+    ``hostname`` names the worker in Celery and in Job.worker (default: this host's name);
+    ``metrics_port`` is where the task-running child serves /metrics when metrics are enabled.
+    """
+    from node.delivery import attempt_delivery, pending_deliveries
     from node.jobs import JobRunner, select_device
+    from node.metrics import serve_metrics
 
     db = Database(config.database.url)
     db.create_schema()
     app = create_app(config)
     enqueuer = Enqueuer(app)
-    runner = JobRunner(config, db, select_device(device))
+    runner = JobRunner(config, db, select_device(device), name=hostname or socket.gethostname())
 
     @worker_process_init.connect(weak=False)
     def _fresh_connections(**_: object) -> None:
         db.engine.dispose(close=False)  # a forked child must not share the parent's sockets
+        if config.metrics.enabled:  # the child runs the tasks, so it holds the counts
+            serve_metrics(config.metrics.bind, metrics_port or config.metrics.worker_port)
 
-    @app.task(name=RUN_JOB)
+    @app.task(name=RUN_JOB, **_RETRY_WHILE_DATABASE_DOWN)
     def run_job(job_id: int) -> None:
-        for delivery_id in runner.run(job_id):
-            enqueuer.delivery(delivery_id)
+        runner.run(job_id)
+        # first delivery attempt at once (no broker round trip); only retries are queued. A rerun
+        # of this message after a crash finds the job finished and delivers what is still pending.
+        for delivery_id in pending_deliveries(db, job_id):
+            deliver(delivery_id)
 
-    @app.task(name=DELIVER)
+    @app.task(name=DELIVER, **_RETRY_WHILE_DATABASE_DOWN)
     def deliver(delivery_id: int) -> None:
         retry_in = attempt_delivery(db, config, delivery_id)
         if retry_in is not None:

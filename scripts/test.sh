@@ -7,7 +7,10 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ensure_debs orthanc dcmtk dicom3tools
+# chromium: the status page is rendered headless in tests/test_web.py
+# orthanc-dicomweb: the STOW-RS destination in tests/test_delivery.py. (tests/test_dcmjs.py needs
+# node.js with npm, not installed here: the nodesource build bundles npm and conflicts with Debian's.)
+ensure_debs orthanc dcmtk dicom3tools chromium orthanc-dicomweb
 for tool in /usr/sbin/Orthanc /usr/bin/storescu /usr/bin/storescp /usr/bin/echoscu /usr/bin/dciodvfy; do
     [ -x "$tool" ] || die "$tool not found after installing system packages"
 done

@@ -10,8 +10,9 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 
@@ -74,21 +75,31 @@ class RadnodeProcess(ServerProcess):
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RadnodeProcess:
-        command = [sys.executable, "-m", "node.cli", "serve", "--config", str(self.config_path)]
+        command = ["serve", "--config", str(self.config_path)]
         if self.with_worker:
             command.append("--with-worker")
+        return self._launch(
+            command,
+            lambda: echoscu("127.0.0.1", self.port, self.ae_title).returncode == 0,
+            f"radnode to answer C-ECHO on port {self.port}",
+        )
+
+    def _launch(
+        self, args: list[str], ready: Callable[[], bool], what: str, env: dict[str, str] | None = None
+    ) -> Self:
+        """Start ``radnode ARGS`` in the working folder and wait until ``ready()`` (or its exit)."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it until stop()
         self.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=dict(os.environ)
+            [sys.executable, "-m", "node.cli", *args],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env or dict(os.environ),
         )
         log.close()
         try:
             wait_for(
-                lambda: self.process.poll() is not None
-                or echoscu("127.0.0.1", self.port, self.ae_title).returncode == 0,
+                lambda: self.process.poll() is not None or ready(),
                 timeout=START_TIMEOUT_S,
                 interval=0.5,
-                what=f"radnode to answer C-ECHO on port {self.port}",
+                what=what,
             )
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- radnode log ---\n{self.log_tail()}") from None

@@ -34,9 +34,19 @@ from tests.dicom_files import dicom_files_under
 from tests.ports import free_port
 from tests.server_process import ServerProcess
 
-__all__ = ["ORTHANC_BIN", "Modality", "Orthanc", "OrthancError", "reap_stopped", "wait_for"]
+__all__ = [
+    "DICOMWEB_PLUGIN",
+    "ORTHANC_BIN",
+    "Modality",
+    "Orthanc",
+    "OrthancError",
+    "reap_stopped",
+    "wait_for",
+]
 
 ORTHANC_BIN = Path("/usr/sbin/Orthanc")
+#: Debian package orthanc-dicomweb: QIDO-RS / WADO-RS / STOW-RS under ``/dicom-web/``.
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 LOOPBACK = "127.0.0.1"
 
 DEFAULT_AET = "ORTHANC"
@@ -135,6 +145,7 @@ class Orthanc(ServerProcess):
         overwrite_instances: bool = True,
         start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
         verbose: bool = False,
+        plugins: Iterable[Path] = (),
     ) -> None:
         if not 1 <= len(aet) <= 16:
             raise ValueError(f"AE title must be 1-16 characters (PS3.5 6.2, AE VR), got {aet!r}")
@@ -147,6 +158,7 @@ class Orthanc(ServerProcess):
         self.overwrite_instances = overwrite_instances
         self.start_timeout_s = start_timeout_s
         self.verbose = verbose
+        self.plugins = [str(path) for path in plugins]  # e.g. DICOMWEB_PLUGIN
         self.config_path = self.workdir / "orthanc.json"
         self.log_path = self.workdir / "orthanc.log"
         self.storage_dir = self.workdir / "storage"
@@ -176,7 +188,8 @@ class Orthanc(ServerProcess):
             "Name": f"radnode-test-{self.aet}",
             "StorageDirectory": str(self.storage_dir),
             "IndexDirectory": str(self.storage_dir),
-            "Plugins": [],  # the Debian default loads /usr/share/orthanc/plugins/
+            "Plugins": self.plugins,  # only those asked for (Debian's default loads them all)
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},  # read by the DICOMweb plugin only
             "HttpServerEnabled": True,
             "HttpPort": self.http_port,
             # Orthanc 1.10 has no HTTP bind address option: it listens on all interfaces, and

@@ -138,8 +138,10 @@ def test_ct_study_sent_by_orthanc_comes_back_as_seg_and_sr_in_the_same_study(
     assert "lung-qct" in status.stdout and "succeeded" in status.stdout
     assert status.stdout.count("→ pacs  sent") == 2, status.stdout
 
-    # Logs carry UIDs, never the patient's name or ID.
+    # Logs carry UIDs, never the patient's name, ID or birth date.
     header = next(iter(source_headers.values()))
     log = node.log_path.read_text(errors="replace")
-    for phi in {str(header.PatientName), str(header.PatientID)} - {""}:
+    # (the log holds the listener's and the supervised worker's output alike)
+    phi_values = {str(header.PatientName), str(header.PatientID), str(header.get("PatientBirthDate", ""))}
+    for phi in phi_values - {""}:
         assert phi not in log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from pydicom.uid import UID, ExplicitVRLittleEndian, SegmentationStorage
 
 from dicom_sr import codes
-from dicom_sr.seg import EncodingError, build_seg
+from dicom_sr.seg import EncodingError, SegType, build_seg
 from dicom_sr.uids import ResultKind, derive_uid, result_uids
 from inference.findings import Algorithm, Findings, Measurement, MeasurementGroup, Segment
 from tests.dciodvfy import check_entities, check_iod
@@ -104,11 +105,11 @@ def lung_findings(headers: list[pydicom.Dataset], hu: np.ndarray) -> Findings:
     )
 
 
-def seg_for(findings: Findings, headers: list[pydicom.Dataset]) -> hd.seg.Segmentation:
+def seg_for(findings: Findings, headers: list[pydicom.Dataset], **kwargs: object) -> hd.seg.Segmentation:
     uids = result_uids(headers[0].SeriesInstanceUID, ALGORITHM.name, ALGORITHM.version,
                        ALGORITHM.model_sha256, ResultKind.SEG)
     return build_seg(findings, headers, series_instance_uid=uids.series_instance_uid,
-                     sop_instance_uid=uids.sop_instance_uid, series_number=SEG_SERIES_NUMBER)
+                     sop_instance_uid=uids.sop_instance_uid, series_number=SEG_SERIES_NUMBER, **kwargs)
 
 
 def decode_frames(seg: pydicom.Dataset, source_uids: tuple[str, ...]) -> dict[int, np.ndarray]:
@@ -318,3 +319,101 @@ def test_seg_rejects_findings_without_any_segment_pixel(chest_ct, findings) -> N
                     np.zeros_like(findings.segments[0].mask))
     with pytest.raises(EncodingError, match="empty"):
         seg_for(Findings(ALGORITHM, findings.source_sop_instance_uids, (empty,)), headers)
+
+
+# --- options: FRACTIONAL and LABELMAP -----------------------------------------------------------
+
+
+def with_probabilities(findings: Findings) -> Findings:
+    """Each lung with a probability map: 0.25-1.0 inside the mask, graded by row, 0 outside."""
+    grade = np.linspace(0.25, 1.0, findings.segments[0].mask.shape[1], dtype=np.float32)[None, :, None]
+    return dataclasses.replace(findings, segments=tuple(
+        dataclasses.replace(s, probability=np.where(s.mask, grade, 0.0).astype(np.float32))
+        for s in findings.segments
+    ))
+
+
+def test_fractional_seg_stores_probabilities_to_within_one_step_of_255(chest_ct, findings, tmp_path) -> None:
+    headers, _ = chest_ct
+    fractional = with_probabilities(findings)
+    path = tmp_path / "fractional.dcm"
+    seg_for(fractional, headers, seg_type=SegType.FRACTIONAL).save_as(path, enforce_file_format=True)
+    seg = hd.seg.segread(path)
+    assert (seg.SegmentationType, seg.SegmentationFractionalType, int(seg.MaximumFractionalValue)) == (
+        "FRACTIONAL", "PROBABILITY", 255)
+    for number, segment in enumerate(fractional.segments, start=1):
+        stored = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=list(fractional.source_sop_instance_uids),
+            segment_numbers=[number], combine_segments=False, rescale_fractional=True,
+            skip_overlap_checks=True,
+        )[..., 0]
+        np.testing.assert_allclose(stored, segment.probability, atol=0.5 / 255 + 1e-6)
+    # only slices where a segment has a non-zero probability are encoded
+    assert int(seg.NumberOfFrames) == sum(int(s.mask.any(axis=(1, 2)).sum()) for s in fractional.segments)
+
+
+def test_labelmap_seg_is_one_frame_per_occupied_slice_holding_segment_numbers(
+    chest_ct, findings, tmp_path
+) -> None:
+    headers, _ = chest_ct
+    path = tmp_path / "labelmap.dcm"
+    seg_for(findings, headers, seg_type=SegType.LABELMAP).save_as(path, enforce_file_format=True)
+    seg = pydicom.dcmread(path)
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"  # Label Map Segmentation Storage
+    assert seg.SegmentationType == "LABELMAP"
+    expected = np.zeros(findings.segments[0].mask.shape, dtype=np.uint8)
+    for number, segment in enumerate(findings.segments, start=1):
+        expected[segment.mask] = number
+    index = {uid: i for i, uid in enumerate(findings.source_sop_instance_uids)}
+    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
+    decoded = np.zeros_like(expected)
+    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        (source_item,) = group.DerivationImageSequence[0].SourceImageSequence
+        decoded[index[source_item.ReferencedSOPInstanceUID]] = frame
+    np.testing.assert_array_equal(decoded, expected)
+    assert int(seg.NumberOfFrames) == int(expected.any(axis=(1, 2)).sum())
+
+
+def test_labelmap_seg_rejects_overlapping_segments(chest_ct, findings) -> None:
+    headers, _ = chest_ct
+    right, left = (segment.mask for segment in findings.segments)
+    both = Segment("Lungs", codes.ANATOMICAL_STRUCTURE, codes.LUNG, (197, 165, 145), right | left)
+    overlapping = Findings(ALGORITHM, findings.source_sop_instance_uids, (*findings.segments, both))
+    with pytest.raises(EncodingError, match="segments overlap"):
+        seg_for(overlapping, headers, seg_type=SegType.LABELMAP)
+
+
+# --- geometry of a tilted series ----------------------------------------------------------------
+
+
+def test_seg_of_a_tilted_unevenly_spaced_series_puts_each_frame_at_its_source_slice(tmp_path) -> None:
+    from tests.result_objects import load_tilted_head_ct, tilted_head_findings
+
+    headers, hu = load_tilted_head_ct()
+    findings = tilted_head_findings(headers, hu)
+    path = tmp_path / "tilted.dcm"
+    seg_for(findings, headers).save_as(path, enforce_file_format=True)
+    seg = pydicom.dcmread(path)
+    position = {ds.SOPInstanceUID: [float(v) for v in ds.ImagePositionPatient] for ds in headers}
+    referenced = set()
+    for group in seg.PerFrameFunctionalGroupsSequence:
+        (source_item,) = group.DerivationImageSequence[0].SourceImageSequence
+        referenced.add(source_item.ReferencedSOPInstanceUID)
+        assert [float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient] == position[
+            source_item.ReferencedSOPInstanceUID]
+    assert referenced == set(position)
+    tilted = [float(v) for v in seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+              .ImageOrientationPatient]
+    assert tilted == [float(v) for v in headers[0].ImageOrientationPatient]
+    assert abs(tilted[5]) > 0.3  # the column direction really leaves the axial plane (18.5° tilt)
+    assert (seg.FrameOfReferenceUID, seg.StudyInstanceUID) == (
+        headers[0].FrameOfReferenceUID, headers[0].StudyInstanceUID)
+    decoded = decode_frames(seg, findings.source_sop_instance_uids)
+    for number, segment in enumerate(findings.segments, start=1):
+        np.testing.assert_array_equal(decoded[number], segment.mask)
+
+
+def test_result_uids_of_another_encoding_variant_differ_and_the_default_is_unchanged() -> None:
+    args = ("1.2.3", "lung-qct", "1.0.0", None, ResultKind.SEG)
+    assert result_uids(*args) == result_uids(*args, "")
+    assert result_uids(*args, "labelmap").sop_instance_uid != result_uids(*args).sop_instance_uid

@@ -8,14 +8,16 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import UID, Comprehensive3DSRStorage, ExplicitVRLittleEndian
+from pydicom.uid import UID, Comprehensive3DSRStorage, ComprehensiveSRStorage, ExplicitVRLittleEndian
 
 from dicom_sr import codes
 from dicom_sr.seg import EncodingError
 from dicom_sr.sr import build_sr, device_observer_uid
+from dicom_sr.text import build_text_sr
 from dicom_sr.uids import ResultKind, result_uids
 from inference.findings import Findings, Measurement, MeasurementGroup
 from tests.dciodvfy import check_entities, check_iod
+from tests.result_objects import CHEST_DX, CXR_ALGORITHM, chest_x_ray_findings
 from tests.test_seg import ALGORITHM, CHEST_CT, load_chest_ct, lung_findings, seg_for
 
 SR_SERIES_NUMBER = 1002
@@ -166,7 +168,7 @@ def test_sr_observer_is_the_radnode_device(sr) -> None:
     }
     assert context["121005"].ConceptCodeSequence[0].CodeValue == "121007"  # Observer Type: Device
     assert device_observer_uid(ALGORITHM) == context["121012"].UID  # Device Observer UID
-    assert context["121013"].TextValue == "radnode"  # Device Observer Name
+    assert context["121013"].TextValue == "radnode lung-qct 1.2.0"  # Device Observer Name
     assert context["121014"].TextValue == "radnode"  # Device Observer Manufacturer
     assert context["121015"].TextValue == "lung-qct"  # Device Observer Model Name
     assert (sr.Manufacturer, sr.ManufacturerModelName, sr.SoftwareVersions) == (
@@ -211,3 +213,61 @@ def test_sr_without_seg_needs_groups_without_segments(chest_ct, findings, tmp_pa
     path = tmp_path / "sr.dcm"
     sr_for(whole_only, headers, None).save_as(path, enforce_file_format=True)
     check_iod(path).assert_no_errors()
+
+
+# --- classifications and report text (a chest radiograph) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chest_dx() -> pydicom.Dataset:
+    return pydicom.dcmread(CHEST_DX)
+
+
+@pytest.fixture(scope="module")
+def cxr(chest_dx) -> Findings:
+    return chest_x_ray_findings(chest_dx)
+
+
+def cxr_uids(dx: pydicom.Dataset, kind: ResultKind) -> dict[str, str]:
+    ids = result_uids(dx.SeriesInstanceUID, CXR_ALGORITHM.name, CXR_ALGORITHM.version,
+                      CXR_ALGORITHM.model_sha256, kind)
+    return {"series_instance_uid": ids.series_instance_uid, "sop_instance_uid": ids.sop_instance_uid}
+
+
+def test_sr_reports_each_classification_as_finding_presence_and_probability(chest_dx, cxr) -> None:
+    sr = build_sr(cxr, [chest_dx], None, series_number=SR_SERIES_NUMBER,
+                  **cxr_uids(chest_dx, ResultKind.SR))
+    report = hd.sr.MeasurementReport.from_sequence(sr.content)
+    groups = report.get_image_measurement_groups()
+    assert len(groups) == len(codes.CHESTXRAY14) == 14
+    for group, classification in zip(groups, cxr.classifications, strict=True):
+        assert code_of(group.finding_type) == as_tuple(classification.finding)
+        (probability,) = group.get_measurements()
+        assert code_of(probability.name) == as_tuple(codes.PROBABILITY)
+        assert code_of(probability.unit) == as_tuple(codes.UNIT_NO_UNITS)
+        assert probability.value == pytest.approx(classification.probability)
+        # (highdicom's parser also lists TID 4019's Algorithm Family CODE item here)
+        evaluations = {code_of(e.name): code_of(e.value) for e in group.get_qualitative_evaluations()}
+        assert evaluations[as_tuple(classification.finding)] == as_tuple(
+            codes.PRESENT if classification.present else codes.ABSENT)
+        assert [s.referenced_sop_instance_uid for s in group.source_images] == [chest_dx.SOPInstanceUID]
+    assert procedures_reported(sr) == [as_tuple(codes.XR_UNSPECIFIED_BODY_REGION)]
+
+
+def test_text_sr_holds_the_report_text_under_the_device_observer(chest_dx, cxr) -> None:
+    sr = build_text_sr(cxr, [chest_dx], series_number=9903, **cxr_uids(chest_dx, ResultKind.TEXT))
+    assert sr.SOPClassUID == ComprehensiveSRStorage
+    assert code_of(sr.ConceptNameCodeSequence[0]) == as_tuple(codes.DIAGNOSTIC_IMAGING_REPORT)
+    context = {item.ConceptNameCodeSequence[0].CodeValue: item
+               for item in sr.ContentSequence if item.RelationshipType == "HAS OBS CONTEXT"}
+    assert context["121005"].ConceptCodeSequence[0].CodeValue == "121007"  # a device, not a person
+    assert context["121013"].TextValue == "radnode cxr14 0.3.0"
+    (section,) = [item for item in sr.ContentSequence if item.ValueType == "CONTAINER"]
+    texts = [(code_of(item.ConceptNameCodeSequence[0]), item.TextValue)
+             for item in section.ContentSequence if item.RelationshipType == "CONTAINS"]
+    assert texts == [(as_tuple(t.heading), t.text) for t in cxr.report_text]
+    assert (sr.CompletionFlag, sr.VerificationFlag, sr.PreliminaryFlag) == (
+        "COMPLETE", "UNVERIFIED", "PRELIMINARY")
+    algorithm_names = [item.TextValue for item in section.ContentSequence
+                       if item.ConceptNameCodeSequence[0].CodeValue == "111001"]  # Algorithm Name
+    assert algorithm_names == ["cxr14"]

@@ -1,0 +1,242 @@
+"""Receive throughput: DCMTK storescp vs Orthanc vs radnode, DCMTK storescu as the sender.
+
+    .venv/bin/python -m bench.receive [--runs 3] [--keep DIR]
+
+Builds its own series in a temporary folder (derived from the repository's chest CT and the shared
+64×64 GE EPI MR, every instance with new UIDs):
+
+    ct   300 CT slices 512×512 int16 (≈150 MB), one study, one series
+    mr   2,000 MR instances 64×64, 4 studies × 500
+
+Each case is sent with one ``/usr/bin/storescu`` association (``TCP_NODELAY=1``) to a fresh
+storescp (writing to disk, no fsync), a fresh Orthanc (its default ``SyncStorageArea: true``)
+and a fresh ``radnode serve`` (no worker; fsync and commit before Success, as always), and then
+with 4 storescu processes in parallel (one per study; the CT is split into 4 studies of 75
+slices for this) to radnode. The time is the sender's wall time, from launch to exit. After
+each radnode run every instance must be in the database exactly once, at
+``<spool>/<study>/<series>/<sop>.dcm``, with the data set that was sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from sqlalchemy import select
+
+from node.db import Database, Instance, Series, Study
+from tests.dcmtk import STORESCU, StoreSCP, dcmtk_env
+from tests.dicom_files import dicom_files_under
+from tests.node_process import RadnodeProcess
+from tests.orthanc import Orthanc
+
+ROOT = Path(__file__).resolve().parent.parent
+CT_SOURCE = ROOT / "tests" / "data" / "ct_chest_lungdx_a0001"
+MR_SOURCE = ROOT.parent / "shared" / "data" / "mr_epi_ge_nih"
+CT_SLICES = 300
+MR_INSTANCES = 2000
+PARALLEL_STUDIES = 4
+SEND_TIMEOUT_S = 1800
+
+
+@dataclass(frozen=True)
+class Case:
+    """A generated data set: ``studies`` is one list of files per study."""
+
+    name: str
+    studies: list[list[Path]]
+    megabytes: float
+
+    @property
+    def files(self) -> list[Path]:
+        return [path for study in self.studies for path in study]
+
+
+def _derive(
+    sources: list[Path], count: int, studies: int, out: Path, *, one_series: bool
+) -> list[list[Path]]:
+    """``count`` instances cycled from ``sources`` with new UIDs and positions, in ``studies`` studies."""
+    per_study = count // studies
+    result: list[list[Path]] = []
+    series_uid = generate_uid()
+    study_uid = generate_uid()
+    for study in range(studies):
+        if not one_series:
+            study_uid, series_uid = generate_uid(), generate_uid()
+        folder = out / f"study{study}"
+        folder.mkdir(parents=True)
+        files = []
+        for index in range(per_study):
+            number = study * per_study + index if one_series else index
+            ds = pydicom.dcmread(sources[number % len(sources)])
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.InstanceNumber = number + 1
+            if "ImagePositionPatient" in ds:
+                x, y, _ = ds.ImagePositionPatient
+                ds.ImagePositionPatient = [x, y, -float(number)]
+            # storescu proposes Explicit VR LE first: files in it go on the wire unconverted
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            path = folder / f"{index:05d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            files.append(path)
+        result.append(files)
+    return result
+
+
+def build_cases(workdir: Path) -> list[Case]:
+    ct_sources = dicom_files_under(CT_SOURCE)
+    mr_sources = dicom_files_under(MR_SOURCE)
+    if not mr_sources:
+        sys.exit(f"bench: the shared MR data is missing at {MR_SOURCE}")
+    cases = [
+        ("ct", _derive(ct_sources, CT_SLICES, 1, workdir / "ct", one_series=True)),
+        ("ct-4", _derive(ct_sources, CT_SLICES, PARALLEL_STUDIES, workdir / "ct4", one_series=False)),
+        ("mr", _derive(mr_sources, MR_INSTANCES, PARALLEL_STUDIES, workdir / "mr", one_series=False)),
+    ]
+    return [
+        Case(name, studies, sum(p.stat().st_size for s in studies for p in s) / 1e6)
+        for name, studies in cases
+    ]
+
+
+def _storescu(port: int, aet: str, files: list[Path]) -> subprocess.Popen[bytes]:
+    args = [str(STORESCU), "-aet", "BENCHSCU", "-aec", aet, "127.0.0.1", str(port), *map(str, files)]
+    return subprocess.Popen(args, env=dcmtk_env(), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def send(port: int, aet: str, batches: list[list[Path]]) -> float:
+    """Send each batch on its own storescu association, all at once; return the wall time."""
+    started = time.perf_counter()
+    processes = [_storescu(port, aet, batch) for batch in batches]
+    for process in processes:
+        _, stderr = process.communicate(timeout=SEND_TIMEOUT_S)
+        if process.returncode != 0:
+            raise RuntimeError(f"storescu failed ({process.returncode}): {stderr.decode()[-2000:]}")
+    return time.perf_counter() - started
+
+
+@contextmanager
+def storescp(workdir: Path) -> Iterator[tuple[int, str]]:
+    with StoreSCP(workdir / "received") as scp:
+        yield scp.port, scp.aet
+
+
+class DurableOrthanc(Orthanc):
+    """Orthanc with its own default ``SyncStorageArea: true`` (the test harness turns it off)."""
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "SyncStorageArea": True}
+
+
+@contextmanager
+def orthanc(workdir: Path) -> Iterator[tuple[int, str]]:
+    pacs = DurableOrthanc(workdir)
+    with pacs:
+        yield pacs.dicom_port, pacs.aet
+
+
+@contextmanager
+def radnode(workdir: Path) -> Iterator[tuple[int, str]]:
+    node = RadnodeProcess(workdir, destinations={}, routes=[], with_worker=False)
+    with node:
+        yield node.port, node.ae_title
+
+
+def check_radnode(workdir: Path, case: Case) -> None:
+    """Every sent instance is stored exactly once, in its study/series folder, unchanged."""
+    db = Database(f"sqlite:///{workdir / 'var' / 'radnode.db'}")
+    spool = workdir / "var" / "spool"
+    with db.session() as session:
+        rows = session.execute(
+            select(Instance.sop_instance_uid, Instance.path, Series.series_instance_uid,
+                   Study.study_instance_uid)
+            .select_from(Instance).join(Series, Instance.series_id == Series.id)
+            .join(Study, Series.study_id == Study.id)
+        ).all()
+    db.dispose()
+    stored = {sop: (Path(path), series, study) for sop, path, series, study in rows}
+    if len(rows) != len(case.files) or len(stored) != len(rows):
+        raise AssertionError(f"{case.name}: {len(rows)} rows, {len(stored)} distinct, sent {len(case.files)}")
+    for sent in case.files:
+        ds = pydicom.dcmread(sent, stop_before_pixels=True)
+        path, series, study = stored[ds.SOPInstanceUID]
+        expected = spool / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+        if (path, series, study) != (expected, ds.SeriesInstanceUID, ds.StudyInstanceUID):
+            raise AssertionError(f"{case.name}: {ds.SOPInstanceUID} misfiled at {path}")
+        if pydicom.dcmread(path) != pydicom.dcmread(sent):  # storescu re-encodes sequence lengths
+            raise AssertionError(f"{case.name}: {path} differs from the file sent")
+    files_on_disk = sum(1 for p in spool.rglob("*.dcm"))
+    if files_on_disk != len(case.files):
+        raise AssertionError(f"{case.name}: {files_on_disk} files in the spool, sent {len(case.files)}")
+
+
+def run_once(case: Case, workdir: Path) -> dict[str, float]:
+    """One send of ``case`` to each receiver; instances/s per receiver (and radnode ×4)."""
+    rates: dict[str, float] = {}
+    for name, receiver in (("storescp", storescp), ("orthanc", orthanc), ("radnode", radnode)):
+        folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+        with receiver(folder) as (port, aet):
+            rates[name] = len(case.files) / send(port, aet, [case.files])
+        if name == "radnode":
+            check_radnode(folder, case)
+    return rates
+
+
+def run_parallel(case: Case, workdir: Path) -> float:
+    folder = Path(tempfile.mkdtemp(prefix="radnode-par-", dir=workdir))
+    with radnode(folder) as (port, aet):
+        rate = len(case.files) / send(port, aet, case.studies)
+    check_radnode(folder, case)
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=3, help="repetitions per case (default 3)")
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    parser.add_argument("--cases", nargs="+", choices=("ct", "mr"), default=["ct", "mr"])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="radnode-bench-") as tmp:
+        workdir = args.keep or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        print(f"building cases in {workdir} …", flush=True)
+        cases = {case.name: case for case in build_cases(workdir / "data")}
+        print(f"load before: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs", flush=True)
+        header = f"{'case':<5} {'run':>3} {'storescp/s':>10} {'orthanc/s':>10} {'radnode/s':>10} " \
+                 f"{'rn/orth':>8} {'rn/scp':>7} {'radnode×4/s':>11}"
+        print(header)
+        for name in args.cases:
+            case, parallel = cases[name], cases["ct-4" if name == "ct" else "mr"]
+            radnode_rates, orthanc_ratios, scp_ratios = [], [], []
+            for run in range(1, args.runs + 1):
+                rates = run_once(case, workdir)
+                par = run_parallel(parallel, workdir)
+                radnode_rates.append(rates["radnode"])
+                orthanc_ratios.append(rates["radnode"] / rates["orthanc"])
+                scp_ratios.append(rates["radnode"] / rates["storescp"])
+                print(f"{name:<5} {run:>3} {rates['storescp']:>10.1f} {rates['orthanc']:>10.1f} "
+                      f"{rates['radnode']:>10.1f} {orthanc_ratios[-1]:>8.2f} {scp_ratios[-1]:>7.2f} "
+                      f"{par:>11.1f}", flush=True)
+            print(f"{name:<5} med {'':>10} {'':>10} {statistics.median(radnode_rates):>10.1f} "
+                  f"{statistics.median(orthanc_ratios):>8.2f} {statistics.median(scp_ratios):>7.2f}  "
+                  f"({case.megabytes:.0f} MB, {len(case.files)} instances)", flush=True)
+        print(f"load after: {os.getloadavg()[0]:.2f} (1 min)")
+
+
+if __name__ == "__main__":
+    main()

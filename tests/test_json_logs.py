@@ -1,0 +1,54 @@
+"""`logging.format: json`: one JSON object per line, message fields split out, no patient data."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pydicom
+
+from node.logs import JsonFormatter
+from tests.dcmtk import storescu
+from tests.node_process import RadnodeProcess
+from tests.orthanc import wait_for
+
+
+def test_json_formatter_turns_key_value_pairs_into_fields() -> None:
+    record = logging.LogRecord(
+        "radnode.jobs", logging.INFO, __file__, 1,
+        "job done job=%d pipeline=%s series=%s load_s=%.2f", (7, "lung-qct", "1.2.3", 0.5), None,
+    )
+    event = json.loads(JsonFormatter().format(record))
+    assert event["level"] == "INFO" and event["logger"] == "radnode.jobs"
+    assert event["message"] == "job done job=7 pipeline=lung-qct series=1.2.3 load_s=0.50"
+    fields = (event["job"], event["pipeline"], event["series"], event["load_s"])
+    assert fields == ("7", "lung-qct", "1.2.3", "0.50")
+    assert event["ts"].endswith("+00:00")
+
+
+def test_listener_logs_one_json_event_per_line_without_patient_data(
+    tmp_path: Path, chest_ct_dir: Path
+) -> None:
+    node = RadnodeProcess(
+        tmp_path / "radnode", destinations={}, routes=[], with_worker=False,
+        extra={"logging": {"format": "json", "level": "DEBUG"}},
+    )
+    with node:
+        sent = storescu("127.0.0.1", node.port, node.ae_title, [chest_ct_dir])
+        assert sent.returncode == 0, sent.stderr
+        wait_for(lambda: "series complete" in node.log_tail(), timeout=30, interval=0.5,
+                 what="the series to complete")
+    lines = [line for line in node.log_path.read_text().splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert all({"ts", "level", "logger", "message"} <= event.keys() for event in events)
+    listening = next(e for e in events if e["message"].startswith("listening"))
+    assert listening["port"] == str(node.port) and listening["ae_title"] == node.ae_title
+    stored = [e for e in events if e["message"].startswith("instance stored")]
+    assert len(stored) == 64 and {e["calling_ae"] for e in stored} == {"DCMTKSCU"}
+    complete = next(e for e in events if e["message"].startswith("series complete"))
+    assert complete["instances"] == "64"
+    header = pydicom.dcmread(next(chest_ct_dir.glob("*.dcm")), stop_before_pixels=True)
+    text = node.log_path.read_text()
+    for phi in {str(header.PatientName), str(header.PatientID)} - {""}:
+        assert phi not in text

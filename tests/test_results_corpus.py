@@ -1,0 +1,67 @@
+"""Every object radnode can write, each option, validated by dicom3tools' dciodvfy (no errors).
+
+The one exception is named, not hidden: the LABELMAP SEG is the Label Map Segmentation IOD of
+DICOM 2024b (Supplement 243), which the dicom3tools in Debian 12 (2022-06-18) predates; dciodvfy
+answers it with "Information Object Not found" plus the classic SEG rule that segment numbers start
+at 1 (a label map's Segment Sequence starts with the background segment 0). Those two lines, and
+only those, are accepted for that object; its content is checked by the round trip in
+tests/test_seg.py instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dicom_sr.seg import SegType
+from tests.dciodvfy import check_entities, check_iod
+from tests.result_objects import Written, write_corpus
+
+NAMES = [
+    "seg-binary",
+    "seg-fractional",
+    "seg-labelmap",
+    "seg-binary-tilted",
+    "sr-measurements",
+    "sr-classification",
+    "sr-text",
+]
+DCIODVFY_PREDATES_LABELMAP = (
+    "Error - SegmentNumber not monotonically increasing from one by one - have SegmentSequence "
+    "item number 1 (from one) with SegmentNumber of 0",
+    "Error - Information Object Not found",
+)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Written]:
+    return {w.name: w for w in write_corpus(tmp_path_factory.mktemp("corpus"))}
+
+
+def test_corpus_holds_every_kind_and_option(corpus) -> None:
+    assert set(NAMES) <= set(corpus)
+    assert any(name.startswith("sc-") for name in corpus)
+    assert {w.seg_type for w in corpus.values() if w.seg_type} == set(SegType)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_object_passes_dciodvfy_without_errors(corpus, name) -> None:
+    report = check_iod(corpus[name].path)
+    if corpus[name].seg_type is SegType.LABELMAP:
+        assert set(report.errors) == set(DCIODVFY_PREDATES_LABELMAP), report.output
+        return
+    report.assert_no_errors()
+
+
+def test_every_secondary_capture_passes_dciodvfy_without_errors(corpus) -> None:
+    for written in corpus.values():
+        if written.name.startswith("sc-"):
+            check_iod(written.path).assert_no_errors()
+
+
+def test_chest_ct_results_are_consistent_with_their_source_per_dcentvfy(corpus) -> None:
+    chest = Path(__file__).parent / "data" / "ct_chest_lungdx_a0001"
+    results = [w.path for w in corpus.values()
+               if w.name in ("seg-binary", "seg-fractional", "sr-measurements") or w.name.startswith("sc-")]
+    check_entities([*sorted(chest.glob("*.dcm")), *results]).assert_no_errors()
