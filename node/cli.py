@@ -14,7 +14,8 @@ from datetime import datetime
 from pathlib import Path
 
 from node.config import Config, load_config
-from node.errors import BrokerUnreachable, ConfigError, DeliveryError, NotRetryable
+from node.db import Database
+from node.errors import BrokerUnreachable, ConfigError, DatabaseUnavailable, DeliveryError, NotRetryable
 from node.logs import configure_logging
 
 __all__ = ["main"]
@@ -171,7 +172,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(config.logging)
-    return _COMMANDS[args.command](config, args)
+    try:
+        return _COMMANDS[args.command](config, args)
+    except DatabaseUnavailable as exc:
+        print(f"radnode: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _open_database(config: Config) -> Database:
+    """The configured database with its schema, or DatabaseUnavailable saying which and why."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    db = Database(config.database.url)
+    try:
+        db.create_schema()
+    except SQLAlchemyError as exc:
+        shown = db.engine.url.render_as_string(hide_password=True)
+        raise DatabaseUnavailable(
+            f"cannot open the database {shown}: {getattr(exc, 'orig', None) or exc}"
+            " (has `radnode serve` run with this configuration?)"
+        ) from exc
+    return db
 
 
 def _config_check(path: Path) -> int:
@@ -221,23 +242,19 @@ def _worker(config: Config, args: argparse.Namespace) -> int:
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
-    from node.db import Database
     from node.status import StudyFilter, render_status
 
-    db = Database(config.database.url)
-    db.create_schema()
+    db = _open_database(config)
     selection = StudyFilter(limit=args.limit, study_uid=args.study, failed=args.failed, since=args.since)
     print(render_status(db, selection))
     return EXIT_OK
 
 
 def _retry(config: Config, args: argparse.Namespace) -> int:
-    from node.db import Database
     from node.retry import retry_delivery, retry_job
     from node.tasks import Enqueuer, create_app
 
-    db = Database(config.database.url)
-    db.create_schema()
+    db = _open_database(config)
     enqueuer = Enqueuer(create_app(config))
     try:
         if args.delivery is not None:

@@ -3,6 +3,7 @@
     RadnodeError
     ├── ConfigError             the YAML file is wrong (each problem names the key path and line)
     ├── BrokerUnreachable       a job could not be put on the broker: it waits in the database
+    ├── DatabaseUnavailable     a command could not open the database (the message names it)
     ├── StorageError            an instance could not be stored
     │   ├── InvalidInstance     the dataset itself is unusable (missing/invalid UIDs, undecodable)
     │   └── OutOfSpace          the spool reached its free-space floor
@@ -21,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "BrokerUnreachable",
     "ConfigError",
+    "DatabaseUnavailable",
     "DeliveryError",
     "DestinationRefused",
     "DestinationUnreachable",
@@ -34,6 +36,10 @@ __all__ = [
 
 class RadnodeError(Exception):
     """Base class of radnode's own errors."""
+
+
+class DatabaseUnavailable(RadnodeError):
+    """The configured database cannot be opened (server down, SQLite folder missing, …)."""
 
 
 class ConfigError(RadnodeError):

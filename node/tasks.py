@@ -74,13 +74,17 @@ class Enqueuer:
 
     def job(self, job_id: int) -> None:
         """Put a job id on the broker, or raise BrokerUnreachable (after kombu's own retries)."""
-        try:
-            self.app.send_task(RUN_JOB, args=[job_id], queue=QUEUE)
-        except (KombuOperationalError, OSError) as exc:
-            raise BrokerUnreachable(f"broker did not take job {job_id}: {exc}") from exc
+        self._send(RUN_JOB, job_id)
 
     def delivery(self, delivery_id: int, countdown: float = 0) -> None:
-        self.app.send_task(DELIVER, args=[delivery_id], queue=QUEUE, countdown=countdown or None)
+        """Put a delivery id on the broker (to run in ``countdown`` seconds), or raise BrokerUnreachable."""
+        self._send(DELIVER, delivery_id, countdown)
+
+    def _send(self, task: str, row_id: int, countdown: float = 0) -> None:
+        try:
+            self.app.send_task(task, args=[row_id], queue=QUEUE, countdown=countdown or None)
+        except (KombuOperationalError, OSError) as exc:
+            raise BrokerUnreachable(f"broker did not take {task} {row_id}: {exc}") from exc
 
 
 def run_worker(

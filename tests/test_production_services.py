@@ -17,12 +17,12 @@ import pytest
 from tests.dcmtk import StoreSCP, storescu
 from tests.node_process import RadnodeProcess
 from tests.orthanc import wait_for
+from tests.scale_out import claimed_redis_db
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-REDIS_URL = "redis://127.0.0.1:6379/{db}"
-REDIS_TEST_DB = 11
+REDIS_TEST_DBS = (10, 11)
 
 
 def _unavailable(reason: str) -> None:
@@ -50,14 +50,14 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url() -> str:
+def redis_url() -> Iterator[str]:
+    """A Redis DB no concurrent test run on this machine uses (claimed, flushed)."""
     redis = pytest.importorskip("redis")
-    url = REDIS_URL.format(db=REDIS_TEST_DB)
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=5).flushdb()
+        with claimed_redis_db(REDIS_TEST_DBS) as url:
+            yield url
     except redis.ConnectionError as exc:
         _unavailable(f"Redis is not running on 127.0.0.1:6379: {exc}")
-    return url
 
 
 def test_series_round_trip_on_postgresql_and_redis_with_dcmtk_peers(

@@ -149,3 +149,16 @@ def test_retry_with_the_broker_down_changes_nothing_and_says_so(tmp_path: Path) 
     with site.db.session() as session:
         job = session.get(Job, site.failed_job.job_id)
         assert (job.state, job.reason) == (JobState.FAILED, "volume error: slices not evenly spaced")
+
+
+def test_status_on_a_database_that_cannot_be_opened_says_which_with_exit_code_1(tmp_path: Path) -> None:
+    config_path = tmp_path / "radnode.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "storage": {"path": "./spool"},
+        "database": {"url": "sqlite:///./never/created/radnode.db"},
+        "broker": {"url": "sqla+sqlite:///./broker.db"},
+    }))
+    done = radnode_cli("status", "--config", str(config_path))
+    assert done.returncode == 1
+    assert "cannot open the database" in done.stderr and "never/created/radnode.db" in done.stderr
+    assert "Traceback" not in done.stderr
