@@ -33,7 +33,7 @@ from dicom_sr.uids import derive_uid
 if TYPE_CHECKING:  # annotations only: inference.findings imports dicom_sr.codes
     from inference.findings import Findings
 
-__all__ = ["DEFAULT_MAX_IMAGES", "build_sc", "key_slices", "render_slice"]
+__all__ = ["DEFAULT_MAX_IMAGES", "build_sc", "key_slices", "mask_outline", "render_slice"]
 
 DEFAULT_MAX_IMAGES = 6
 _FILL_OPACITY = 0.35
@@ -68,7 +68,7 @@ def _window(header: pydicom.Dataset, pixels: np.ndarray) -> tuple[float, float]:
     return low, max(high, low + 1.0)
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
+def mask_outline(mask: np.ndarray) -> np.ndarray:
     """Pixels of ``mask`` with a 4-neighbour outside it."""
     interior = mask.copy()
     interior[1:, :] &= mask[:-1, :]
@@ -91,7 +91,7 @@ def render_slice(
             continue
         color = np.asarray(segment.color_rgb, dtype=np.float32)
         rgb[mask] = (1.0 - _FILL_OPACITY) * rgb[mask] + _FILL_OPACITY * color
-        rgb[_outline(mask)] = color
+        rgb[mask_outline(mask)] = color
     return np.rint(rgb).astype(np.uint8)
 
 

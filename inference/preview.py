@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from dicom_sr.sc import mask_outline
 from inference.findings import Findings
 from inference.volume import Volume
 
@@ -64,7 +65,7 @@ def _tile(volume: Volume, findings: Findings, index: int) -> Image.Image:
         mask = segment.mask[index]
         color = np.asarray(segment.color_rgb, dtype=np.float64)
         rgb[mask] = (1 - _FILL_OPACITY) * rgb[mask] + _FILL_OPACITY * color
-        rgb[_outline(mask)] = color
+        rgb[mask_outline(mask)] = color
     image = Image.fromarray(rgb.round().astype(np.uint8))
     draw = ImageDraw.Draw(image)
     left, right = _edge_letters(volume.orientation[:3])
@@ -76,16 +77,6 @@ def _tile(volume: Volume, findings: Findings, index: int) -> Image.Image:
     draw.text((w // 2, h - 14), bottom, fill="yellow")
     draw.text((4, 4), f"slice {index}", fill="yellow")
     return image
-
-
-def _outline(mask: np.ndarray) -> np.ndarray:
-    """Mask pixels with a 4-neighbour outside the mask."""
-    inner = mask.copy()
-    inner[1:, :] &= mask[:-1, :]
-    inner[:-1, :] &= mask[1:, :]
-    inner[:, 1:] &= mask[:, :-1]
-    inner[:, :-1] &= mask[:, 1:]
-    return mask & ~inner
 
 
 def _edge_letters(direction: Sequence[float]) -> tuple[str, str]:

@@ -6,8 +6,6 @@ Only the two URLs in the YAML differ from the embedded default.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,47 +15,23 @@ import pytest
 from tests.dcmtk import StoreSCP, storescu
 from tests.node_process import RadnodeProcess
 from tests.orthanc import wait_for
-from tests.scale_out import claimed_redis_db
+from tests.services import postgres_database, redis_database
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
-POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_TEST_DBS = (10, 11)
-
-
-def _unavailable(reason: str) -> None:
-    """Skip on a laptop without the services; fail in CI, where they must be there."""
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test, dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    name = f"radnode_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN_DSN, connect_timeout=5, autocommit=True)
-    except psycopg.OperationalError as exc:
-        _unavailable(f"PostgreSQL is not running on 127.0.0.1:5432: {exc}")
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    with admin.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    """A Redis DB no concurrent test run on this machine uses (claimed, flushed)."""
-    redis = pytest.importorskip("redis")
-    try:
-        with claimed_redis_db(REDIS_TEST_DBS) as url:
-            yield url
-    except redis.ConnectionError as exc:
-        _unavailable(f"Redis is not running on 127.0.0.1:6379: {exc}")
+    with redis_database(REDIS_TEST_DBS) as url:
+        yield url
 
 
 def test_series_round_trip_on_postgresql_and_redis_with_dcmtk_peers(

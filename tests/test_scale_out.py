@@ -14,15 +14,14 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import redis
 from sqlalchemy import select
 
 from node.db import Database, Job, JobState
 from tests.dcmtk import StoreSCP, storescu
 from tests.node_process import RadnodeProcess
 from tests.orthanc import wait_for
-from tests.scale_out import WorkerProcess, claimed_redis_db, make_studies
-from tests.test_production_services import _unavailable, postgres_url  # noqa: F401 - fixture
+from tests.scale_out import WorkerProcess, make_studies
+from tests.services import postgres_database, redis_database
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -33,16 +32,19 @@ RESULT_TIMEOUT_S = 420
 
 
 @pytest.fixture
+def postgres_url() -> Iterator[str]:
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
 def redis_url() -> Iterator[str]:
-    try:
-        with claimed_redis_db(REDIS_SCALE_OUT_DBS) as url:
-            yield url
-    except redis.ConnectionError as exc:
-        _unavailable(f"Redis is not running on 127.0.0.1:6379: {exc}")
+    with redis_database(REDIS_SCALE_OUT_DBS) as url:
+        yield url
 
 
 def test_two_worker_hosts_share_six_studies_and_each_result_arrives_once(
-    tmp_path: Path, chest_ct_dir: Path, postgres_url: str, redis_url: str  # noqa: F811
+    tmp_path: Path, chest_ct_dir: Path, postgres_url: str, redis_url: str
 ) -> None:
     studies = make_studies(chest_ct_dir, tmp_path / "studies", STUDIES, SLICES)
     with StoreSCP(tmp_path / "pacs", aet="DCMTKPACS") as pacs:
