@@ -99,6 +99,20 @@ def _memory(pid: int) -> dict[str, float]:
     return {f"{names[min(i, 2)]}-{p}": round(_rss_mib(p), 1) for i, p in enumerate(_descendants(pid))}
 
 
+def _summary(samples: list[dict[str, float]]) -> str:
+    """Per role: max RSS over the run, and for the pool how many processes took jobs."""
+    roles: dict[str, list[float]] = {}
+    pools = set()
+    for sample in samples:
+        for key, rss in sample.items():
+            role, pid = key.rsplit("-", 1)
+            roles.setdefault(role, []).append(rss)
+            if role == "worker-pool":
+                pools.add(pid)
+    peaks = ", ".join(f"{role} {max(values):.0f}" for role, values in roles.items())
+    return f"max RSS over the run (MiB): {peaks}; job processes used: {len(pools)}"
+
+
 def _counts(db: Database) -> tuple[int, int, int, int]:
     with db.session() as session:
         instances = session.scalar(select(func.count()).select_from(Instance)) or 0
@@ -113,10 +127,15 @@ def main() -> int:
     parser.add_argument("--associations", type=int, default=8)
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--keep", type=Path, help="work in DIR and keep it (default: a temp folder)")
+    parser.add_argument("--max-memory-per-child-mb", type=int, default=None,
+                        help="worker.max_memory_per_child_mb for the node (default: radnode's default)")
     args = parser.parse_args()
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="radnode-load-"))
+    worker = {} if args.max_memory_per_child_mb is None else {
+        "max_memory_per_child_mb": args.max_memory_per_child_mb}
     node = RadnodeProcess(workdir / "radnode", destinations={}, quiet_seconds=5,
-                          routes=[{"match": {"Modality": "CT"}, "pipelines": ["lung-qct"]}])
+                          routes=[{"match": {"Modality": "CT"}, "pipelines": ["lung-qct"]}],
+                          extra={"worker": worker})
     with node:
         db = Database(f"sqlite:///{node.workdir / 'var' / 'radnode.db'}")
         time.sleep(15)  # the worker has started and imported torch
@@ -129,13 +148,14 @@ def main() -> int:
         started = time.time()
         for sender in senders:
             sender.start()
-        samples = []
+        samples, memory = [], []
         while any(sender.is_alive() for sender in senders):
             time.sleep(SAMPLE_EVERY_S)
             instances, queued, running, done = _counts(db)
             samples.append((time.time() - started, instances, queued))
+            memory.append(_memory(node.process.pid))
             print(f"t={samples[-1][0]:6.0f} s instances={instances} jobs queued={queued} running={running} "
-                  f"done={done} load={os.getloadavg()[0]:.1f}", flush=True)
+                  f"done={done} load={os.getloadavg()[0]:.1f} RSS={memory[-1]}", flush=True)
         sending_s = time.time() - started
         for sender in senders:
             sender.join()
@@ -151,6 +171,7 @@ def main() -> int:
     print(f"jobs at the end: queued {queued}, running {running}, done {done}; "
           f"max queued during the run {max((s[2] for s in samples), default=0)}")
     print(f"RSS at start (MiB): {memory_start}\nRSS at end (MiB):   {memory_end}")
+    print(_summary(memory))
     print(f"load average at the end: {os.getloadavg()}")
     if args.keep is None:
         shutil.rmtree(workdir)  # a long run leaves gigabytes of spool

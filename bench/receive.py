@@ -12,7 +12,9 @@ Each case is sent with one ``/usr/bin/storescu`` association (``TCP_NODELAY=1``)
 storescp (writing to disk, no fsync), a fresh Orthanc (its default ``SyncStorageArea: true``)
 and a fresh ``radnode serve`` (no worker; fsync and commit before Success, as always), and then
 with 4 storescu processes in parallel (one per study; the CT is split into 4 studies of 75
-slices for this) to radnode. The time is the sender's wall time, from launch to exit. After
+slices for this) to radnode. The time is the sender's wall time, from launch to exit. Each
+receiver's CPU time (user + system, all threads, from /proc) per instance is printed too: on a
+shared, loaded machine it is the figure that the load disturbs least. After
 each radnode run every instance must be in the database exactly once, at
 ``<spool>/<study>/<series>/<sop>.dcm``, with the data set that was sent.
 """
@@ -128,10 +130,16 @@ def send(port: int, aet: str, batches: list[list[Path]]) -> float:
     return time.perf_counter() - started
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (proc(5): fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def storescp(workdir: Path) -> Iterator[tuple[int, str]]:
+def storescp(workdir: Path) -> Iterator[tuple[int, str, int]]:
     with StoreSCP(workdir / "received") as scp:
-        yield scp.port, scp.aet
+        yield scp.port, scp.aet, scp._process.pid  # type: ignore[union-attr]
 
 
 class DurableOrthanc(Orthanc):
@@ -142,17 +150,17 @@ class DurableOrthanc(Orthanc):
 
 
 @contextmanager
-def orthanc(workdir: Path) -> Iterator[tuple[int, str]]:
+def orthanc(workdir: Path) -> Iterator[tuple[int, str, int]]:
     pacs = DurableOrthanc(workdir)
     with pacs:
-        yield pacs.dicom_port, pacs.aet
+        yield pacs.dicom_port, pacs.aet, pacs._process.pid  # type: ignore[union-attr]
 
 
 @contextmanager
-def radnode(workdir: Path) -> Iterator[tuple[int, str]]:
+def radnode(workdir: Path) -> Iterator[tuple[int, str, int]]:
     node = RadnodeProcess(workdir, destinations={}, routes=[], with_worker=False)
     with node:
-        yield node.port, node.ae_title
+        yield node.port, node.ae_title, node.process.pid  # type: ignore[union-attr]
 
 
 def check_radnode(workdir: Path, case: Case) -> None:
@@ -183,21 +191,24 @@ def check_radnode(workdir: Path, case: Case) -> None:
         raise AssertionError(f"{case.name}: {files_on_disk} files in the spool, sent {len(case.files)}")
 
 
-def run_once(case: Case, workdir: Path) -> dict[str, float]:
-    """One send of ``case`` to each receiver; instances/s per receiver (and radnode ×4)."""
+def run_once(case: Case, workdir: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """One send of ``case`` to each receiver: instances/s and CPU ms/instance per receiver."""
     rates: dict[str, float] = {}
+    cpu_ms: dict[str, float] = {}
     for name, receiver in (("storescp", storescp), ("orthanc", orthanc), ("radnode", radnode)):
         folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
-        with receiver(folder) as (port, aet):
+        with receiver(folder) as (port, aet, pid):
+            cpu_before = _cpu_seconds(pid)
             rates[name] = len(case.files) / send(port, aet, [case.files])
+            cpu_ms[name] = (_cpu_seconds(pid) - cpu_before) * 1000 / len(case.files)
         if name == "radnode":
             check_radnode(folder, case)
-    return rates
+    return rates, cpu_ms
 
 
 def run_parallel(case: Case, workdir: Path) -> float:
     folder = Path(tempfile.mkdtemp(prefix="radnode-par-", dir=workdir))
-    with radnode(folder) as (port, aet):
+    with radnode(folder) as (port, aet, _):
         rate = len(case.files) / send(port, aet, case.studies)
     check_radnode(folder, case)
     return rate
@@ -218,20 +229,21 @@ def main() -> None:
         cases = {case.name: case for case in build_cases(workdir / "data")}
         print(f"load before: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs", flush=True)
         header = f"{'case':<5} {'run':>3} {'storescp/s':>10} {'orthanc/s':>10} {'radnode/s':>10} " \
-                 f"{'rn/orth':>8} {'rn/scp':>7} {'radnode×4/s':>11}"
+                 f"{'rn/orth':>8} {'rn/scp':>7} {'radnode×4/s':>11}   CPU ms/instance: scp orthanc radnode"
         print(header)
         for name in args.cases:
             case, parallel = cases[name], cases["ct-4" if name == "ct" else "mr"]
             radnode_rates, orthanc_ratios, scp_ratios = [], [], []
             for run in range(1, args.runs + 1):
-                rates = run_once(case, workdir)
+                rates, cpu_ms = run_once(case, workdir)
                 par = run_parallel(parallel, workdir)
                 radnode_rates.append(rates["radnode"])
                 orthanc_ratios.append(rates["radnode"] / rates["orthanc"])
                 scp_ratios.append(rates["radnode"] / rates["storescp"])
                 print(f"{name:<5} {run:>3} {rates['storescp']:>10.1f} {rates['orthanc']:>10.1f} "
                       f"{rates['radnode']:>10.1f} {orthanc_ratios[-1]:>8.2f} {scp_ratios[-1]:>7.2f} "
-                      f"{par:>11.1f}", flush=True)
+                      f"{par:>11.1f}   {cpu_ms['storescp']:.2f} {cpu_ms['orthanc']:.2f} "
+                      f"{cpu_ms['radnode']:.2f}  load {os.getloadavg()[0]:.1f}", flush=True)
             print(f"{name:<5} med {'':>10} {'':>10} {statistics.median(radnode_rates):>10.1f} "
                   f"{statistics.median(orthanc_ratios):>8.2f} {statistics.median(scp_ratios):>7.2f}  "
                   f"({case.megabytes:.0f} MB, {len(case.files)} instances)", flush=True)

@@ -39,7 +39,7 @@ from dicom_sr import codes
 from dicom_sr.uids import derive_uid
 
 if TYPE_CHECKING:  # annotations only: inference.findings imports dicom_sr.codes
-    from inference.findings import Findings
+    from inference.findings import Findings, Segment
 
 __all__ = ["MANUFACTURER", "EncodingError", "SegType", "build_seg", "coded_concept"]
 
@@ -161,6 +161,11 @@ def _check_source(findings: Findings, source: Sequence[pydicom.Dataset]) -> tupl
     if not source:
         raise EncodingError("build_seg needs the source slice headers, got none")
     uids = tuple(str(ds.SOPInstanceUID) for ds in source)
+    if len(set(uids)) != len(uids):
+        raise EncodingError(
+            f"the source is a multi-frame image ({len(uids)} frames in {len(set(uids))} instance(s)); "
+            "radnode encodes SEG and SR for series of single-frame images only, so far"
+        )
     if uids != findings.source_sop_instance_uids:
         raise EncodingError(
             "source headers must be in the order of findings.source_sop_instance_uids "
@@ -246,23 +251,38 @@ def _segment_descriptions(
     descriptions = []
     for index, segment in enumerate(findings.segments):
         tracking_id = tracking_ids.get(index, segment.label)
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=index + 1,
-                segment_label=segment.label,
-                segmented_property_category=coded_concept(segment.category),
-                segmented_property_type=coded_concept(segment.property_type),
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=identification,
-                tracking_id=tracking_id,
-                tracking_uid=derive_uid(sop_instance_uid, "tracking", tracking_id),
-                anatomic_regions=(
-                    [coded_concept(segment.anatomic_region)] if segment.anatomic_region else None
-                ),
-                display_color=hd.color.CIELabColor.from_rgb(*segment.color_rgb),
-            )
+        description = hd.seg.SegmentDescription(
+            segment_number=index + 1,
+            segment_label=segment.label,
+            segmented_property_category=coded_concept(segment.category),
+            segmented_property_type=coded_concept(segment.property_type),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=identification,
+            tracking_id=tracking_id,
+            tracking_uid=derive_uid(sop_instance_uid, "tracking", tracking_id),
+            anatomic_regions=(
+                [coded_concept(segment.anatomic_region)] if segment.anatomic_region else None
+            ),
+            display_color=hd.color.CIELabColor.from_rgb(*segment.color_rgb),
         )
+        _add_modifiers(description, segment)
+        descriptions.append(description)
     return descriptions
+
+
+def _add_modifiers(description: hd.seg.SegmentDescription, segment: Segment) -> None:
+    """Laterality and other modifiers, nested in the coded items they qualify (PS3.3 C.8.20.2).
+
+    highdicom's SegmentDescription takes no modifiers, so they are added to its items here.
+    """
+    if segment.property_modifier is not None:
+        item = description.SegmentedPropertyTypeCodeSequence[0]
+        item.SegmentedPropertyTypeModifierCodeSequence = [coded_concept(segment.property_modifier)]
+    if segment.anatomic_region_modifier is not None:
+        if segment.anatomic_region is None:
+            raise ValueError(f"segment {segment.label!r}: an anatomic region modifier needs a region")
+        item = description.AnatomicRegionSequence[0]
+        item.AnatomicRegionModifierSequence = [coded_concept(segment.anatomic_region_modifier)]
 
 
 def build_seg(

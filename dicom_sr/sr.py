@@ -135,7 +135,10 @@ def _group(
 ):
     finding_type = coded_concept(group.finding)
     algorithm_id = _algorithm_id(findings.algorithm)
-    finding_sites = [hd.sr.FindingSite(coded_concept(group.finding_site))] if group.finding_site else None
+    finding_sites = [hd.sr.FindingSite(
+        coded_concept(group.finding_site),
+        laterality=coded_concept(group.finding_site_laterality) if group.finding_site_laterality else None,
+    )] if group.finding_site else None
     measurements = [_measurement(m) for m in group.measurements]
     if group.segment is None:
         tracking = hd.sr.TrackingIdentifier(

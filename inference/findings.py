@@ -55,6 +55,9 @@ class Segment:
     anatomic_region: Code | None = None
     # the model's probability per voxel (float32 in [0, 1], the mask's shape), for FRACTIONAL SEGs
     probability: np.ndarray | None = field(default=None, repr=False)
+    # laterality and similar qualifiers (CID 244): "Kidney" + "Left" rather than a private code
+    property_modifier: Code | None = None
+    anatomic_region_modifier: Code | None = None
 
     def __post_init__(self) -> None:
         if self.mask.dtype != np.bool_ or self.mask.ndim != 3:
@@ -86,6 +89,7 @@ class MeasurementGroup:
     measurements: tuple[Measurement, ...]
     segment: int | None = None
     finding_site: Code | None = None
+    finding_site_laterality: Code | None = None  # CID 244, e.g. the left kidney
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,21 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path, nargs="?", help="the file (or use --config)")
     _config_argument(check)
 
+    model = commands.add_parser("model", help="model file commands")
+    model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    digest = model_commands.add_parser(
+        "hash", help="print the SHA-256 of a model file or folder (for models.NAME.sha256)",
+        description="Print the SHA-256 radnode checks a model against: of the file, or for a folder "
+        "(MONAI bundle, nnU-Net results) over every file in it.",
+    )
+    digest.add_argument("path", type=Path, metavar="PATH")
+    models_check = model_commands.add_parser(
+        "check", help="open every configured model: present, SHA-256 as pinned, valid format",
+        description="Open each model of the configuration's models: section without running it; "
+        "print 'ok NAME' or the problem, and exit 1 if any model cannot be used.",
+    )
+    _config_argument(models_check)
+
     send = commands.add_parser(
         "send", help="send DICOM files or folders to the node (or to a destination)",
         description="C-STORE files to this node's listener (default) or to a configured "
@@ -162,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "install-units":
         return _install_units(args.dest, reload=not args.no_reload)
+    if args.command == "model" and args.model_command == "hash":
+        return _model_hash(args.path)
     try:
         if args.command == "config":
             return _config_check(args.file or args.config)
@@ -295,6 +312,32 @@ def _install_units(dest: Path, *, reload: bool) -> int:
     return EXIT_OK
 
 
+def _model_hash(path: Path) -> int:
+    from inference.formats import model_sha256
+
+    if not path.exists():
+        print(f"radnode: {path} does not exist", file=sys.stderr)
+        return EXIT_USAGE
+    print(model_sha256(path))
+    return EXIT_OK
+
+
+def _model_check(config: Config, args: argparse.Namespace) -> int:
+    from inference.errors import ModelError
+    from inference.formats import open_model
+
+    failed = 0
+    for name, model in config.models.items():
+        try:
+            open_model(name, model)
+        except ModelError as exc:
+            print(f"FAILED {name}: {exc}")
+            failed += 1
+        else:
+            print(f"ok {name}")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
 def _send(config: Config, args: argparse.Namespace) -> int:
     from node.config import Destination
     from node.delivery import send_files, stow_files
@@ -360,7 +403,7 @@ def _is_dicom(path: Path) -> bool:
 
 _COMMANDS = {
     "serve": _serve, "worker": _worker, "status": _status, "send": _send, "retry": _retry,
-    "route": _route,
+    "route": _route, "model": _model_check,
 }
 
 if __name__ == "__main__":

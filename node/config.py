@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
+from inference.model_config import SHIPPED_PREFIX, ModelConfig, shipped_weights_dir
 from inference.pipelines import available as available_pipelines
 from node.errors import ConfigError
 
@@ -52,6 +53,8 @@ DEFAULT_MIN_FREE_MB = 1024
 DEFAULT_MAX_ATTEMPTS = 30
 DEFAULT_FIRST_BACKOFF_SECONDS = 5.0
 DEFAULT_MAX_BACKOFF_SECONDS = 600.0
+DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 4 * 3600.0
+DEFAULT_MAX_MEMORY_PER_CHILD_MB = 6144
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2 AE: no backslash, no control
 
@@ -174,6 +177,9 @@ class BrokerConfig(_Section):
     """Celery broker URL: ``sqla+sqlite:///…`` (embedded), ``redis://…`` or ``amqp://…``."""
 
     url: str
+    # Redis: a message a worker took but never acknowledged (its host died mid-job) goes back to the
+    # queue after this long. It must exceed the longest job, or a slow job is run twice.
+    visibility_timeout_seconds: float = Field(default=DEFAULT_VISIBILITY_TIMEOUT_SECONDS, gt=0)
 
 
 class CompletionConfig(_Section):
@@ -218,10 +224,17 @@ class Destination(_Section):
 
 
 class PipelineOptions(_Section):
-    """How one pipeline's results are encoded."""
+    """How one pipeline's results are encoded; with ``model``, a segmentation pipeline defined here.
+
+    A name that is not a built-in pipeline becomes one when it names a model of ``models:``
+    (inference/pipelines/segmentation.py); its version is ``version`` or the start of the
+    model's SHA-256, so results of a new model file get new UIDs.
+    """
 
     # binary (default), fractional (probability maps) or labelmap (Label Map Segmentation, DICOM 2024)
     seg_type: Literal["binary", "fractional", "labelmap"] = "binary"
+    model: str | None = None
+    version: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
 
 #: Route keys that match the association rather than a DICOM attribute of the series.
@@ -314,16 +327,6 @@ class Route(_Section):
                 _check_match_key(str(key))
         return value
 
-    @field_validator("pipelines")
-    @classmethod
-    def _known_pipelines(cls, value: list[str]) -> list[str]:
-        unknown = [name for name in value if name not in available_pipelines()]
-        if unknown:
-            raise ValueError(
-                f"unknown pipeline(s) {', '.join(unknown)}; known: {', '.join(available_pipelines())}"
-            )
-        return value
-
     @model_validator(mode="after")
     def _adds_or_excludes(self) -> Route:
         if not self.exclude and not self.pipelines:
@@ -346,6 +349,11 @@ class WorkerConfig(_Section):
     """Where pipelines run: ``auto`` takes CUDA when present, else the CPU."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # the process that runs jobs is replaced by a fresh one after a job that leaves it above this
+    # resident size (Celery's --max-memory-per-child): bounds a worker that runs for months; 0 = off
+    max_memory_per_child_mb: int = Field(default=DEFAULT_MAX_MEMORY_PER_CHILD_MB, ge=0)
+    # ONNX exports and TensorRT engines of the configured models; None: backend-cache beside the spool
+    backend_cache: Path | None = None
 
 
 class LoggingConfig(_Section):
@@ -383,6 +391,7 @@ class Config(_Section):
     broker: BrokerConfig
     completion: CompletionConfig = Field(default_factory=CompletionConfig)
     destinations: dict[str, Destination] = Field(default_factory=dict)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
     pipelines: dict[str, PipelineOptions] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
@@ -395,11 +404,12 @@ class Config(_Section):
     @field_validator("pipelines")
     @classmethod
     def _options_of_known_pipelines(cls, value: dict[str, PipelineOptions]) -> dict[str, PipelineOptions]:
-        unknown = [name for name in value if name not in available_pipelines()]
+        unknown = [name for name, options in value.items()
+                   if name not in available_pipelines() and options.model is None]
         if unknown:
             raise ValueError(
                 f"options for unknown pipeline(s) {', '.join(unknown)}; "
-                f"known: {', '.join(available_pipelines())}"
+                f"known: {', '.join(available_pipelines())} (a pipeline of your own needs model: MODEL)"
             )
         return value
 
@@ -407,9 +417,39 @@ class Config(_Section):
         """The options of pipeline ``name`` (the defaults when the file names none)."""
         return self.pipelines.get(name) or PipelineOptions()
 
+    def pipeline_names(self) -> list[str]:
+        """Every pipeline routes may name: the built-in ones and those this file defines."""
+        return sorted({*available_pipelines(), *(n for n, o in self.pipelines.items() if o.model)})
+
+    @property
+    def backend_cache_dir(self) -> Path:
+        """Where backends keep ONNX exports and TensorRT engines (beside the spool by default)."""
+        return self.worker.backend_cache or self.storage.path.parent / "backend-cache"
+
+    @model_validator(mode="after")
+    def _pipelines_name_models(self) -> Config:
+        for name, options in self.pipelines.items():
+            if options.model is None:
+                continue
+            if name in available_pipelines():
+                raise _KeyedError(("pipelines", name, "model"),
+                                  f"{name!r} is a built-in pipeline; give the model's pipeline another name")
+            if options.model not in self.models:
+                known = ", ".join(sorted(self.models)) or "none configured"
+                raise _KeyedError(("pipelines", name, "model"),
+                                  f"unknown model {options.model!r} (models: {known})")
+        return self
+
     @model_validator(mode="after")
     def _routes_name_destinations(self) -> Config:
+        known_pipelines = self.pipeline_names()
         for index, route in enumerate(self.routes):
+            unknown = [name for name in route.pipelines if name not in known_pipelines]
+            if unknown:
+                raise _KeyedError(
+                    ("routes", index, "pipelines"),
+                    f"unknown pipeline(s) {', '.join(unknown)}; known: {', '.join(known_pipelines)}",
+                )
             for name in route.send_to:
                 if name not in self.destinations:
                     known = ", ".join(self.destinations) or "none configured"
@@ -449,6 +489,13 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         part = data.get(section)
         if isinstance(part, dict) and isinstance(part.get("url"), str):
             part["url"] = _resolve_sqlite_url(part["url"], base)
+    worker = data.get("worker")
+    if isinstance(worker, dict) and isinstance(worker.get("backend_cache"), str):
+        worker["backend_cache"] = str((base / worker["backend_cache"]).resolve())
+    models = data.get("models")
+    for model in models.values() if isinstance(models, dict) else []:
+        if isinstance(model, dict) and isinstance(model.get("file"), str):
+            model["file"] = _resolve_model_file(model["file"], base)
     node = data.get("node")
     destinations = data.get("destinations")
     tls_sections = [node.get("tls") if isinstance(node, dict) else None] + [
@@ -460,6 +507,13 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             for key in ("certificate", "private_key", "ca_certificates"):
                 if isinstance(tls.get(key), str):
                     tls[key] = str((base / tls[key]).resolve())
+
+
+def _resolve_model_file(file: str, base: Path) -> str:
+    """``radnode:NAME`` → the shipped weights folder; a relative path → against ``base``."""
+    if file.startswith(SHIPPED_PREFIX):
+        return str(shipped_weights_dir() / file.removeprefix(SHIPPED_PREFIX))
+    return str((base / file).resolve())
 
 
 def _resolve_sqlite_url(url: str, base: Path) -> str:

@@ -21,13 +21,14 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 
 from dicom_sr.sc import build_sc
-from dicom_sr.seg import build_seg
+from dicom_sr.seg import EncodingError, build_seg
 from dicom_sr.sr import build_sr
 from dicom_sr.text import build_text_sr
 from dicom_sr.uids import ResultKind, result_uids
-from inference.errors import NotApplicable, VolumeError
+from inference.errors import ModelError, NotApplicable, VolumeError
 from inference.findings import Findings
 from inference.pipelines import UnknownPipeline, create
+from inference.registry import ModelRegistry
 from inference.volume import Volume, load_series
 from node.config import DEFAULT_FORMATS, Config
 from node.db import Database, Delivery, DeliveryState, Instance, Job, JobState, Result, utcnow
@@ -103,6 +104,8 @@ class JobRunner:
         self.device = device
         self.name = name  # recorded in Job.worker: which worker (host) ran the job
         self.results_dir = config.storage.results_dir
+        # one registry for the worker's lifetime: models stay loaded (warm) between jobs
+        self.models = ModelRegistry(config.models, device, config.backend_cache_dir)
 
     def run(self, job_id: int) -> None:
         """Run job ``job_id`` unless it already finished; its results get PENDING deliveries."""
@@ -111,7 +114,9 @@ class JobRunner:
             return
         clock = _StageClock(work.pipeline)
         try:
-            pipeline = create(work.pipeline)
+            options = self.config.pipeline_options(work.pipeline)
+            pipeline = create(work.pipeline, options.model, self.models, options.version,
+                              probabilities=options.seg_type == "fractional")
             with clock("load"):
                 volume = load_series(work.paths)
             with clock("pipeline"):
@@ -121,8 +126,11 @@ class JobRunner:
         except NotApplicable as exc:
             self._finish(job_id, JobState.NOT_APPLICABLE, f"not applicable: {exc}")
             return
-        except (VolumeError, UnknownPipeline) as exc:
+        except (VolumeError, UnknownPipeline, ModelError) as exc:
             self._finish(job_id, JobState.FAILED, str(exc))
+            return
+        except EncodingError as exc:
+            self._finish(job_id, JobState.FAILED, f"cannot encode the results: {exc}")
             return
         except Exception as exc:  # an unexpected bug must fail this job, not the worker
             log.exception("job failed job=%d pipeline=%s", job_id, work.pipeline)

@@ -23,6 +23,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
+from node.acceptor import start_receiving_server
 from node.access import AccessPolicy
 from node.catalog import Catalog
 from node.config import NodeConfig
@@ -42,7 +43,6 @@ _ERROR_COMMENT_MAX = 64  # ErrorComment (0000,0902) is LO
 # size. pynetdicom's default (16 KiB) makes a 512×512 CT slice 32 PDUs; 1 MiB makes it one,
 # which measurably lowers the listener's CPU per instance (BENCHMARKS.md).
 MAXIMUM_PDU_BYTES = 2**20
-DUL_POLL_SECONDS = 0.0002  # see _poll_faster
 
 
 class AssociationTracker:
@@ -68,18 +68,6 @@ class AssociationTracker:
         """Series UIDs that an open association has sent instances of."""
         with self._lock:
             return set().union(*self._series_by_association.values())
-
-
-def _poll_faster(event: evt.Event) -> None:
-    """Shorten the wait of the association's network thread between polls (pynetdicom's DUL).
-
-    pynetdicom sleeps ``_run_loop_delay`` (1 ms) whenever a poll found nothing, so each incoming
-    C-STORE waits up to that long before it is even read: a quarter of the time per instance
-    for small images. Polling every 0.2 ms receives 20-30 % more small instances per second on
-    one association (BENCHMARKS.md) and costs about 4 % of a core per open association while it
-    is idle (associations left open time out after ``node.network_timeout_seconds``).
-    """
-    event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
 
 
 def _status(code: StoreStatus, comment: str) -> Dataset:
@@ -137,7 +125,6 @@ class Listener:
         handlers = [
             (evt.EVT_C_ECHO, lambda event: StoreStatus.SUCCESS),
             (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_CONN_OPEN, _poll_faster),
             (evt.EVT_RELEASED, self._on_end),
             (evt.EVT_ABORTED, self._on_end),
             (evt.EVT_CONN_CLOSE, self._on_end),
@@ -145,11 +132,9 @@ class Listener:
             (evt.EVT_REQUESTED, AccessPolicy(self.config.allowed_callers).on_requested),
         ]
         tls = server_context(self.config.tls) if self.config.tls is not None else None
-        self._server = ae.start_server(
-            (self.config.bind_address, self.config.port),
-            block=False,
-            evt_handlers=handlers,
-            ssl_context=tls,
+        # pynetdicom's acceptor without its fixed waits per request (node/acceptor.py)
+        self._server = start_receiving_server(
+            ae, (self.config.bind_address, self.config.port), evt_handlers=handlers, ssl_context=tls
         )
         self._server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         log.info(

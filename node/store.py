@@ -29,23 +29,13 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
+from node.dicom_header import IDENTIFYING_KEYWORDS, scan_identifiers
 from node.errors import InvalidInstance, OutOfSpace, StorageError
 
 __all__ = ["FileSystemSync", "InstanceHeader", "Spool", "read_header", "validate_uid", "write_durably"]
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # leading zeros are wrong, but seen from modalities
 UID_MAX_LENGTH = 64
-
-# Attributes the receive path reads; everything else (pixel data included) stays undecoded.
-_HEADER_KEYWORDS = (
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "Modality",
-    "SeriesNumber",
-    "SeriesDescription",
-)
 
 
 def validate_uid(value: object, keyword: str) -> str:
@@ -92,15 +82,17 @@ def _raw_text(ds: Dataset, keyword: str) -> str | None:
 def read_header(part10: bytes) -> InstanceHeader:
     """Read and validate the identifying attributes of a Part 10 byte string.
 
-    Only the named attributes are decoded; pixel data is never touched.
+    Only the named attributes are decoded; pixel data is never touched. The fast scan
+    (node/dicom_header.py) reads them from the element headers; pydicom reads whatever it is
+    not sure of, and words the refusal of what cannot be decoded.
     """
-    try:
-        ds = dcmread(BytesIO(part10), stop_before_pixels=True, specific_tags=list(_HEADER_KEYWORDS))
-        values = {keyword: _raw_text(ds, keyword) for keyword in _HEADER_KEYWORDS}
-    except (InvalidDicomError, BytesLengthException, ValueError, KeyError, EOFError, OSError, TypeError,
-            NotImplementedError, struct.error) as exc:
-        raise InvalidInstance(f"cannot decode the dataset: {exc}", undecodable=True) from exc
-    if all(values[keyword] is None for keyword in _HEADER_KEYWORDS[:4]):
+    scanned = scan_identifiers(part10)
+    values = (
+        {keyword: scanned.get(keyword) for keyword in IDENTIFYING_KEYWORDS}
+        if scanned is not None
+        else _read_with_pydicom(part10)
+    )
+    if all(values[keyword] is None for keyword in IDENTIFYING_KEYWORDS[:4]):
         raise InvalidInstance(
             "cannot decode the dataset: none of its SOP, study or series UIDs were found",
             undecodable=True,
@@ -115,6 +107,15 @@ def read_header(part10: bytes) -> InstanceHeader:
         series_number=int(series_number) if series_number and series_number.lstrip("+-").isdigit() else None,
         series_description=values["SeriesDescription"] or "",
     )
+
+
+def _read_with_pydicom(part10: bytes) -> dict[str, str | None]:
+    try:
+        ds = dcmread(BytesIO(part10), stop_before_pixels=True, specific_tags=list(IDENTIFYING_KEYWORDS))
+        return {keyword: _raw_text(ds, keyword) for keyword in IDENTIFYING_KEYWORDS}
+    except (InvalidDicomError, BytesLengthException, ValueError, KeyError, EOFError, OSError, TypeError,
+            NotImplementedError, struct.error) as exc:
+        raise InvalidInstance(f"cannot decode the dataset: {exc}", undecodable=True) from exc
 
 
 class FileSystemSync:

@@ -7,8 +7,11 @@ process is lost, so a crash re-delivers the message and the work is done again, 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
+import resource
 import socket
 
 from celery import Celery
@@ -27,8 +30,6 @@ log = logging.getLogger("radnode.tasks")
 QUEUE = "radnode"
 RUN_JOB = "radnode.run_job"
 DELIVER = "radnode.deliver"
-# Redis/SQS re-deliver an unacknowledged message after this long; it must exceed the longest job.
-VISIBILITY_TIMEOUT_SECONDS = 4 * 3600
 SQLITE_BROKER_BUSY_TIMEOUT_SECONDS = 30
 DATABASE_RETRY_MAX_SECONDS = 30
 # A task that finds the database unreachable is re-sent with backoff (Celery logs "Retry in N s"),
@@ -53,17 +54,17 @@ def create_app(config: Config) -> Celery:
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options=_transport_options(config.broker.url),
+        broker_transport_options=_transport_options(config),
     )
     return app
 
 
-def _transport_options(url: str) -> dict[str, object]:
-    if url.startswith("sqla+"):
+def _transport_options(config: Config) -> dict[str, object]:
+    if config.broker.url.startswith("sqla+"):
         # kombu's SQLAlchemy transport hands its options to create_engine: give SQLite a busy
         # timeout, as the listener and the worker write the same broker file
         return {"connect_args": {"timeout": SQLITE_BROKER_BUSY_TIMEOUT_SECONDS}}
-    return {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+    return {"visibility_timeout": config.broker.visibility_timeout_seconds}
 
 
 class Enqueuer:
@@ -113,7 +114,10 @@ def run_worker(
 
     @app.task(name=RUN_JOB, **_RETRY_WHILE_DATABASE_DOWN)
     def run_job(job_id: int) -> None:
-        runner.run(job_id)
+        try:
+            runner.run(job_id)
+        finally:
+            _after_job(config.worker.max_memory_per_child_mb)
         # first delivery attempt at once (no broker round trip); only retries are queued. A rerun
         # of this message after a crash finds the job finished and delivers what is still pending.
         for delivery_id in pending_deliveries(db, job_id):
@@ -133,10 +137,25 @@ def run_worker(
         f"--loglevel={config.logging.level}",
         "--without-gossip",
         "--without-mingle",
+        f"--max-memory-per-child={config.worker.max_memory_per_child_mb * 1024}",
         f"--hostname={hostname or 'radnode@%h.' + str(os.getpid())}",
     ]
     log.info("worker starting broker=%s device=%s", _redact(config.broker.url), device)
     app.worker_main(argv)
+
+
+def _after_job(max_memory_mb: int) -> None:
+    """Give the heap a job freed back to the OS, and say when Celery will replace this process.
+
+    glibc keeps freed memory otherwise, so RSS only grows. Celery replaces the process after a task
+    that took its peak resident size past --max-memory-per-child; the log line says why it happens.
+    """
+    with contextlib.suppress(OSError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if max_memory_mb and peak_mb > max_memory_mb:
+        log.info("job process peaked at %.0f MiB, above worker.max_memory_per_child_mb=%d: "
+                 "a fresh process takes the next job", peak_mb, max_memory_mb)
 
 
 def _redact(url: str) -> str:

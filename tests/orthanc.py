@@ -424,6 +424,17 @@ class Orthanc(ServerProcess):
         """The stored DICOM file of an instance, byte for byte (``GET /instances/{id}/file``)."""
         return self.request("GET", f"/instances/{instance_id}/file")
 
+    def result_files(self, study_id: str,
+                     modalities: tuple[str, ...] = ("SEG", "SR")) -> dict[str, list[bytes]]:
+        """The study's result objects by modality (SEG, SR), as stored files."""
+        found: dict[str, list[bytes]] = {}
+        for series in self.series_of_study(study_id):
+            modality = series["MainDicomTags"].get("Modality")
+            if modality in modalities:
+                found[modality] = [self.download_instance(instance["ID"])
+                                   for instance in self.instances_of_series(series["ID"])]
+        return found
+
     def find_study(self, study_instance_uid: str) -> str | None:
         """Orthanc id of the study with this StudyInstanceUID, or ``None`` when it is not stored."""
         raw = self.request("POST", "/tools/lookup", study_instance_uid.encode(), content_type="text/plain")

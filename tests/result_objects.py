@@ -3,6 +3,7 @@ tests/test_results_corpus.py validates with dciodvfy and tests/test_dcmjs.py rea
 
     seg-binary, seg-fractional, seg-labelmap   chest CT (axial), two lungs, probabilities
     seg-binary-tilted                           head CT with 18.5° gantry tilt, brain and skull
+    seg-laterality, sr-laterality               the lungs coded as Lung + Right/Left modifiers
     sr-measurements                             TID 1500 with TID 1411 groups → seg-binary
     sr-classification                           TID 1500 with the 14 ChestX-ray14 outputs, chest DX
     sr-text                                     Comprehensive SR, report text, chest DX
@@ -30,6 +31,7 @@ from tests.test_seg import ALGORITHM, load_chest_ct, lung_findings
 
 __all__ = [
     "CXR_ALGORITHM",
+    "with_laterality",
     "HEAD_CT_TILTED",
     "Written",
     "chest_x_ray_findings",
@@ -118,6 +120,22 @@ def _with_probabilities(findings: Findings, hu: np.ndarray) -> Findings:
     return dataclasses.replace(findings, segments=segments)
 
 
+def with_laterality(findings: Findings) -> Findings:
+    """The two lungs coded the way label tables code paired organs: Lung + a Right/Left modifier."""
+    sides = (codes.RIGHT, codes.LEFT)
+    segments = tuple(
+        dataclasses.replace(segment, property_type=codes.LUNG, property_modifier=side)
+        for segment, side in zip(findings.segments, sides, strict=True)
+    )
+    groups = tuple(
+        dataclasses.replace(group, finding=codes.LUNG, finding_site=codes.LUNG,
+                            finding_site_laterality=sides[group.segment])
+        if group.segment is not None else group
+        for group in findings.groups
+    )
+    return dataclasses.replace(findings, segments=segments, groups=groups)
+
+
 def _uids(source: pydicom.Dataset, algorithm: Algorithm, kind: ResultKind, option: str = "") -> dict:
     ids = result_uids(source.SeriesInstanceUID, algorithm.name + option, algorithm.version,
                       algorithm.model_sha256, kind)
@@ -150,6 +168,14 @@ def write_corpus(folder: Path) -> list[Written]:
         start=1,
     ):
         save(f"sc-{number}", ResultKind.SC, image, lungs)
+
+    lateral = with_laterality(lungs)
+    lateral_seg = build_seg(lateral, headers, series_number=9901,
+                            **_uids(headers[0], ALGORITHM, ResultKind.SEG, "laterality"))
+    save("seg-laterality", ResultKind.SEG, lateral_seg, lateral, SegType.BINARY)
+    save("sr-laterality", ResultKind.SR,
+         build_sr(lateral, headers, lateral_seg, series_number=9902, procedure_reported=codes.CT_OF_CHEST,
+                  **_uids(headers[0], ALGORITHM, ResultKind.SR, "laterality")), lateral)
 
     head_headers, head_hu = load_tilted_head_ct()
     head = tilted_head_findings(head_headers, head_hu)

@@ -69,6 +69,17 @@ def test_production_urls_are_taken_unchanged(tmp_path: Path, database: str, brok
     assert (config.database.url, config.broker.url) == (database, broker)
 
 
+def test_redis_visibility_timeout_and_worker_memory_bound_reach_celery(tmp_path: Path) -> None:
+    from node.tasks import create_app
+
+    text = CONTRACT.replace("sqla+sqlite:///./var/broker.db", "redis://broker.example:6379/0\n"
+                            "  visibility_timeout_seconds: 86400")
+    config = load_config(_write(tmp_path, text + "worker:\n  max_memory_per_child_mb: 2048\n"))
+    app = create_app(config)
+    assert app.conf.broker_transport_options == {"visibility_timeout": 86400}
+    assert config.worker.max_memory_per_child_mb == 2048
+
+
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [

@@ -28,19 +28,6 @@ SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 RESULT_TIMEOUT_S = 240
 
 
-def _result_series(pacs: Orthanc, study_id: str) -> dict[str, list[bytes]]:
-    """Result objects of the study in Orthanc by modality (SEG, SR), as stored files."""
-    found: dict[str, list[bytes]] = {}
-    for series in pacs.series_of_study(study_id):
-        modality = series["MainDicomTags"].get("Modality")
-        if modality in ("SEG", "SR"):
-            found[modality] = [
-                pacs.download_instance(instance["ID"])
-                for instance in pacs.instances_of_series(series["ID"])
-            ]
-    return found
-
-
 def _measurements_by_group(sr_file: Path) -> dict[str, dict[str, float]]:
     """{tracking identifier: {concept meaning (+ derivation): value}} from a TID 1500 report."""
     report = hd.sr.MeasurementReport.from_sequence(hd.sr.srread(sr_file).content)
@@ -91,7 +78,7 @@ def test_ct_study_sent_by_orthanc_comes_back_as_seg_and_sr_in_the_same_study(
         pacs.send_to_modality("radnode", [study_id])
         last_instance_sent = time.monotonic()
         results = wait_for(
-            lambda: _result_series(pacs, study_id),
+            lambda: pacs.result_files(study_id),
             timeout=RESULT_TIMEOUT_S,
             interval=1.0,
             until=lambda found: "SEG" in found and "SR" in found,

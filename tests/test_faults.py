@@ -25,7 +25,7 @@ from node.db import Database, Delivery, DeliveryState, Instance, Job, JobState, 
 from node.dimse import StoreStatus
 from tests.corpus import renamed_series, send_datasets
 from tests.dcmtk import DCMTK_BIN, dcmtk_env, storescu
-from tests.node_process import RadnodeProcess
+from tests.node_process import RadnodeProcess, child_pids
 from tests.orthanc import Orthanc, wait_for
 from tests.ports import free_port
 
@@ -38,20 +38,6 @@ RESULT_TIMEOUT_S = 300
 
 def _node_db(node: RadnodeProcess) -> Database:
     return Database(f"sqlite:///{node.workdir / 'var' / 'radnode.db'}")
-
-
-def _children(pid: int) -> list[int]:
-    """Process ids whose parent is ``pid`` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def _kill9(pid: int) -> None:
@@ -174,8 +160,8 @@ def test_worker_killed_mid_job_reruns_it_and_the_pacs_holds_one_copy(
         _send_folder(node, chest_ct_dir)
         wait_for(lambda: _job(db), until=lambda job: job is not None and job.state is JobState.RUNNING,
                  timeout=120, interval=0.05, what="the job to start")
-        (worker,) = _children(node.process.pid)  # the supervised `radnode worker`
-        pool = _children(worker)  # its prefork child runs the job
+        (worker,) = child_pids(node.process.pid)  # the supervised `radnode worker`
+        pool = child_pids(worker)  # its prefork child runs the job
         assert pool, "the worker has no pool process"
         for pid in pool:
             _kill9(pid)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from dicom_sr.seg import SegType
@@ -23,7 +24,9 @@ NAMES = [
     "seg-fractional",
     "seg-labelmap",
     "seg-binary-tilted",
+    "seg-laterality",
     "sr-measurements",
+    "sr-laterality",
     "sr-classification",
     "sr-text",
 ]
@@ -65,3 +68,32 @@ def test_chest_ct_results_are_consistent_with_their_source_per_dcentvfy(corpus) 
     results = [w.path for w in corpus.values()
                if w.name in ("seg-binary", "seg-fractional", "sr-measurements") or w.name.startswith("sc-")]
     check_entities([*sorted(chest.glob("*.dcm")), *results]).assert_no_errors()
+
+
+def test_laterality_is_a_modifier_of_the_segment_and_of_the_sr_finding_site(corpus) -> None:
+    seg = pydicom.dcmread(corpus["seg-laterality"].path)
+    sides = []
+    for item in seg.SegmentSequence:
+        prop = item.SegmentedPropertyTypeCodeSequence[0]
+        assert prop.CodeValue == "39607008"  # Lung
+        sides.append(prop.SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning)
+    assert sides == ["Right", "Left"]
+    sr = pydicom.dcmread(corpus["sr-laterality"].path)
+    lateralities = [
+        modifier.ConceptCodeSequence[0].CodeMeaning
+        for item in _walk(sr) if _name(item) == "Finding Site"
+        for modifier in item.get("ContentSequence", []) if _name(modifier) == "Laterality"
+    ]
+    assert lateralities == ["Right", "Left"]
+
+
+def _walk(dataset: pydicom.Dataset) -> list[pydicom.Dataset]:
+    items = []
+    for item in dataset.get("ContentSequence", []):
+        items.append(item)
+        items.extend(_walk(item))
+    return items
+
+
+def _name(item: pydicom.Dataset) -> str:
+    return item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""

@@ -10,7 +10,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import UID, ExplicitVRLittleEndian, SegmentationStorage
+from pydicom.uid import UID, ExplicitVRLittleEndian, SegmentationStorage, generate_uid
 
 from dicom_sr import codes
 from dicom_sr.seg import EncodingError, SegType, build_seg
@@ -417,3 +417,20 @@ def test_result_uids_of_another_encoding_variant_differ_and_the_default_is_uncha
     args = ("1.2.3", "lung-qct", "1.0.0", None, ResultKind.SEG)
     assert result_uids(*args) == result_uids(*args, "")
     assert result_uids(*args, "labelmap").sop_instance_uid != result_uids(*args).sop_instance_uid
+
+
+def test_seg_of_a_multi_frame_source_is_refused_with_a_clear_reason() -> None:
+    """The real Enhanced CT (tests/data/enhanced_multiframe) loads as a Volume; encoding its results
+    is not supported yet and must say so rather than write a wrong SEG."""
+    from inference.volume import load_series
+
+    volume = load_series([Path(__file__).parent / "data" / "enhanced_multiframe" / "eCT_Supplemental.dcm"])
+    findings = Findings(
+        algorithm=ALGORITHM,
+        source_sop_instance_uids=volume.sop_instance_uids,
+        segments=(Segment("Body", codes.ANATOMICAL_STRUCTURE, codes.CHEST, (128, 128, 128),
+                          volume.voxels.numpy() > -500),),
+    )
+    with pytest.raises(EncodingError, match="multi-frame image .* single-frame images only"):
+        build_seg(findings, list(volume.headers), series_number=9901, series_instance_uid=generate_uid(),
+                  sop_instance_uid=generate_uid())

@@ -1,4 +1,9 @@
-"""Pipelines radnode can run, by the name routes use in the YAML."""
+"""Pipelines radnode can run, by the name routes use in the YAML.
+
+Built-in pipelines have code of their own (:data:`_FACTORIES`); a pipeline the YAML defines with
+``pipelines: {NAME: {model: MODEL}}`` is a :class:`~inference.pipelines.segmentation.SegmentationPipeline`
+of that model, built from the worker's :class:`~inference.registry.ModelRegistry`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the registry stays importable without torch, for `radnode config check`
     from inference.pipelines.base import Pipeline
+    from inference.registry import ModelRegistry
 
 __all__ = ["UnknownPipeline", "available", "create"]
 
@@ -29,8 +35,20 @@ def available() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def create(name: str) -> Pipeline:
-    """Build the pipeline called ``name``; raise UnknownPipeline listing the known names."""
+def create(name: str, model: str | None = None, registry: ModelRegistry | None = None,
+           version: str | None = None, probabilities: bool = False) -> Pipeline:
+    """Build the pipeline called ``name``; raise UnknownPipeline listing the known names.
+
+    With ``model`` (``pipelines.NAME.model`` in the YAML), the pipeline segments with that model
+    of ``registry``, versioned ``version`` or by the model's SHA-256, and adds per-voxel
+    ``probabilities`` to its segments when asked (for a FRACTIONAL SEG).
+    """
+    if model is not None:
+        if registry is None:
+            raise UnknownPipeline(f"pipeline {name!r} runs model {model!r}, but no models are loaded here")
+        from inference.pipelines.segmentation import SegmentationPipeline
+
+        return SegmentationPipeline(name, model, registry, version, probabilities)
     try:
         factory = _FACTORIES[name]
     except KeyError:

@@ -1,0 +1,129 @@
+"""Choosing the backend that runs a model: TensorRT, ONNX Runtime or PyTorch.
+
+An explicit choice (``backend: tensorrt`` …) either works or raises BackendUnavailable with the
+reason. ``auto`` tries, best first, TensorRT (on CUDA, when installed), ONNX Runtime, then torch;
+a backend that cannot apply here is skipped (logged with why), and one that should apply but
+fails to load or to run a probe batch is logged as a WARNING naming the failure before the next
+is tried, so a slower backend is never chosen silently.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+
+from inference.backends.base import Backend
+from inference.errors import BackendUnavailable
+from inference.formats.base import ModelSource
+
+__all__ = ["AUTO_ORDER", "Backend", "open_backend"]
+
+log = logging.getLogger("radnode.inference")
+
+AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")
+
+
+def open_backend(source: ModelSource, choice: str, device: torch.device, precision: str,
+                 cache_dir: Path, torch_compile: bool = False) -> Backend:
+    """A backend for ``source`` on ``device`` that has run one probe batch correctly."""
+    if choice != "auto":
+        backend = _open(choice, source, device, precision, cache_dir, torch_compile)
+        log.info("model %s runs on %s (configured)", source.name, backend.describe())
+        return backend
+    reasons: list[str] = []
+    for candidate in AUTO_ORDER:
+        skip = _not_applicable(candidate, source, device)
+        if skip is not None:
+            reasons.append(f"{candidate} skipped: {skip}")
+            continue
+        try:
+            backend = _open(candidate, source, device, precision, cache_dir, torch_compile)
+        except BackendUnavailable as exc:
+            log.warning("model %s: backend %s failed, falling back: %s", source.name, candidate, exc)
+            reasons.append(f"{candidate} failed: {exc}")
+            continue
+        why = f" ({'; '.join(reasons)})" if reasons else ""
+        log.info("model %s runs on %s (auto%s)", source.name, backend.describe(), why)
+        return backend
+    raise BackendUnavailable(f"model {source.name!r}: no backend can run it here: {'; '.join(reasons)}")
+
+
+def _not_applicable(candidate: str, source: ModelSource, device: torch.device) -> str | None:
+    """Why ``auto`` need not even try ``candidate`` here (None: try it)."""
+    if candidate == "tensorrt":
+        if device.type != "cuda":
+            return "no CUDA device"
+        if importlib.util.find_spec("tensorrt") is None:
+            return "not installed (pip install 'radnode[tensorrt]')"
+    if candidate == "onnxruntime":
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "not installed"
+        if device.type == "cuda":
+            import onnxruntime
+
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                return "no CUDAExecutionProvider (onnxruntime-gpu provides it)"
+    if candidate == "torch" and source.build_module is None:
+        return "the model is an ONNX file, which torch cannot run"
+    return None
+
+
+def _open(choice: str, source: ModelSource, device: torch.device, precision: str, cache_dir: Path,
+          torch_compile: bool) -> Backend:
+    try:
+        backend = _construct(choice, source, device, precision, cache_dir, torch_compile)
+    except RuntimeError as exc:  # e.g. CUDA out of memory while moving the weights
+        raise BackendUnavailable(f"{choice} cannot load model {source.name!r}: {exc}") from exc
+    _probe(backend, source)
+    return backend
+
+
+def _construct(choice: str, source: ModelSource, device: torch.device, precision: str, cache_dir: Path,
+               torch_compile: bool) -> Backend:
+    backend: Backend
+    if choice == "torch":
+        if source.build_module is None:
+            raise BackendUnavailable(
+                f"model {source.name!r} is an ONNX file, which the torch backend cannot run "
+                "(use backend: onnxruntime or tensorrt)"
+            )
+        from inference.backends.torch_backend import TorchBackend
+
+        backend = TorchBackend(source.build_module(), device, precision, torch_compile)
+    elif choice == "onnxruntime":
+        from inference.backends.export import onnx_for
+        from inference.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        backend = OnnxRuntimeBackend(onnx_for(source, cache_dir), device)
+    elif choice == "tensorrt":
+        from inference.backends.export import onnx_for
+        from inference.backends.tensorrt_backend import TensorRTBackend
+
+        if device.type != "cuda":  # before exporting anything: the reason an admin needs first
+            raise BackendUnavailable("TensorRT needs a CUDA device; this worker runs on the CPU")
+        backend = TensorRTBackend(onnx_for(source, cache_dir), source.sha256, source.input, device,
+                                  precision, cache_dir)
+    else:
+        raise BackendUnavailable(f"unknown backend {choice!r}; known: auto, {', '.join(AUTO_ORDER)}")
+    return backend
+
+
+def _probe(backend: Backend, source: ModelSource) -> None:
+    """Run one patch of zeros: the output must be finite (1, K, patch) logits covering every label."""
+    spec = source.input
+    batch = torch.zeros((1, spec.channels, *spec.patch_size), dtype=torch.float32)
+    try:
+        logits = backend(batch)
+    except RuntimeError as exc:
+        raise BackendUnavailable(f"{backend.name} failed on a probe batch: {exc}") from exc
+    expected = f"(1, K, {', '.join(map(str, spec.patch_size))}) with K > {max(source.labels, default=0)}"
+    shape = tuple(logits.shape)
+    if (logits.ndim != 5 or shape[0] != 1 or shape[2:] != tuple(spec.patch_size)
+            or shape[1] <= max(source.labels, default=0)):
+        raise BackendUnavailable(f"{backend.name} returned logits of shape {shape} on a probe batch; "
+                                 f"expected {expected}")
+    if not bool(torch.isfinite(logits).all()):
+        raise BackendUnavailable(f"{backend.name} returned non-finite logits on a probe batch")

@@ -1,0 +1,44 @@
+"""ONNX files: run as they are by ONNX Runtime or TensorRT; the torch backend cannot run them."""
+
+from __future__ import annotations
+
+import onnx
+
+from inference.errors import ModelFormatError
+from inference.formats.base import ModelSource
+from inference.model_config import ModelConfig
+
+__all__ = ["open_source"]
+
+INPUT_RANK = 5
+"""Inputs are (batch, channel, slice, row, column) patches."""
+
+
+def open_source(name: str, config: ModelConfig, sha256: str) -> ModelSource:
+    """Check the file is a valid ONNX graph with one 5-D input, so a broken file fails at load."""
+    path = config.file
+    try:
+        onnx.checker.check_model(str(path))  # the path form also checks external data files
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except (onnx.checker.ValidationError, OSError, ValueError) as exc:
+        raise ModelFormatError(
+            f"model {name!r}: {path} is not a valid ONNX model (models.{name}.format is onnx): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from exc
+    initializers = {tensor.name for tensor in graph.initializer}
+    inputs = [value for value in graph.input if value.name not in initializers]
+    if len(inputs) != 1 or len(inputs[0].type.tensor_type.shape.dim) != INPUT_RANK:
+        shapes = [len(value.type.tensor_type.shape.dim) for value in inputs]
+        raise ModelFormatError(
+            f"model {name!r}: {path} must take one {INPUT_RANK}-D input (batch, channel, slice, row, "
+            f"column); it takes {len(inputs)} input(s) of rank {shapes}"
+        )
+    assert config.input is not None  # ModelConfig requires input for ONNX
+    return ModelSource(
+        name=name,
+        sha256=sha256,
+        input=config.input,
+        labels=dict(config.labels),
+        build_module=None,
+        onnx_path=path,
+    )

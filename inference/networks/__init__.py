@@ -1,0 +1,1 @@
+"""Network architectures radnode builds and trains itself (weights under inference/weights/)."""

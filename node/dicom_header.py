@@ -1,0 +1,163 @@
+"""A fast scan of a received instance for its identifying attributes (PS3.5 7.1, 7.5).
+
+The receive path needs seven attributes, all in groups 0008 and 0020, near the start of every
+data set. pydicom reads every element before the pixel data, sequences item by item, into
+Python objects: about 1.5 ms for a typical CT slice, a third of the listener's CPU per instance.
+This module walks the element headers of a little endian data set (explicit or implicit VR,
+every compressed transfer syntax included), skips values by their length, and stops after
+(0020,0011). It never guesses: anything it does not recognise (deflated or big endian data,
+an unknown VR, a length past the end, elements out of order) makes :func:`scan_identifiers`
+return ``None`` and the caller reads the instance with pydicom as before.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pydicom.datadict import tag_for_keyword
+from pydicom.uid import UID, ImplicitVRLittleEndian
+
+__all__ = ["IDENTIFYING_KEYWORDS", "scan_identifiers"]
+
+# What the receive path reads of each instance; the four UIDs first (all four are required).
+IDENTIFYING_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+)
+_REQUIRED = frozenset(IDENTIFYING_KEYWORDS[:4])
+_TAGS: dict[int, str] = {int(tag_for_keyword(keyword)): keyword for keyword in IDENTIFYING_KEYWORDS}  # type: ignore[arg-type]
+_LAST_TAG = max(_TAGS)  # (0020,0011): the scan stops after it
+_PREAMBLE = 128
+_MAGIC = b"DICM"
+_META_GROUP = 0x0002
+_TRANSFER_SYNTAX_TAG = 0x00020010
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_MAX_NESTING = 16
+# VRs with a 2-byte reserved field and a 4-byte length in explicit VR (PS3.5 Table 7.1-1)
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+_SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
+_HEADER = struct.Struct("<HH")
+_SHORT_LENGTH = struct.Struct("<H")
+_LONG_LENGTH = struct.Struct("<L")
+
+
+class _Unsure(Exception):
+    """The bytes are not what the fast scan reads with certainty: pydicom decides."""
+
+
+def scan_identifiers(part10: bytes) -> dict[str, str] | None:
+    """The identifying attributes present in a Part 10 byte string, as text (``None``: ask pydicom).
+
+    Values are the raw bytes decoded as Latin-1 with padding stripped, as the receive path has
+    always read them; validation is the caller's.
+    """
+    try:
+        if part10[_PREAMBLE:_PREAMBLE + 4] != _MAGIC:
+            raise _Unsure
+        syntax, position = _read_meta(part10, _PREAMBLE + 4)
+        implicit = syntax == ImplicitVRLittleEndian
+        if not implicit and not _explicit_little_endian(syntax):
+            raise _Unsure
+        return _read_identifiers(part10, position, implicit)
+    except (_Unsure, struct.error, ValueError):  # ValueError: a transfer syntax pydicom does not know
+        return None
+
+
+def _explicit_little_endian(syntax: str) -> bool:
+    uid = UID(syntax)
+    return uid.is_transfer_syntax and uid.is_little_endian and not uid.is_implicit_VR and not uid.is_deflated
+
+
+def _read_meta(data: bytes, position: int) -> tuple[str, int]:
+    """The transfer syntax and where the data set starts, after the group 0002 elements."""
+    syntax = None
+    while position < len(data):
+        group, _ = _HEADER.unpack_from(data, position)
+        if group != _META_GROUP:
+            break
+        tag, _, value, length = _element(data, position, implicit=False)
+        if length == _UNDEFINED:
+            raise _Unsure
+        if tag == _TRANSFER_SYNTAX_TAG:
+            syntax = _text(data, value, length)
+        position = value + length
+    if not syntax:
+        raise _Unsure
+    return syntax, position
+
+
+def _read_identifiers(data: bytes, position: int, implicit: bool) -> dict[str, str]:
+    values: dict[str, str] = {}
+    previous = -1
+    while position < len(data):
+        tag, vr, value, length = _element(data, position, implicit)
+        if tag <= previous:
+            raise _Unsure
+        if tag > _LAST_TAG:
+            break
+        previous = tag
+        if length == _UNDEFINED:
+            position = _skip_undefined(data, value, implicit or vr == b"UN", 0)
+            continue
+        keyword = _TAGS.get(tag)
+        if keyword is not None:
+            values[keyword] = _text(data, value, length)
+        position = value + length
+    if not values.keys() >= _REQUIRED:
+        raise _Unsure  # let pydicom read the whole data set and word the refusal
+    return values
+
+
+def _element(data: bytes, position: int, implicit: bool) -> tuple[int, bytes, int, int]:
+    """(tag, VR or b"", value offset, value length) of the element header at ``position``."""
+    group, number = _HEADER.unpack_from(data, position)
+    tag = group << 16 | number
+    if implicit or group == 0xFFFE:  # items and delimiters have no VR (PS3.5 7.5)
+        return tag, b"", position + 8, _LONG_LENGTH.unpack_from(data, position + 4)[0]
+    vr = data[position + 4:position + 6]
+    if vr in _LONG_VRS:
+        return tag, vr, position + 12, _LONG_LENGTH.unpack_from(data, position + 8)[0]
+    if vr in _SHORT_VRS:
+        return tag, vr, position + 8, _SHORT_LENGTH.unpack_from(data, position + 6)[0]
+    raise _Unsure
+
+
+def _skip_undefined(data: bytes, position: int, implicit: bool, depth: int) -> int:
+    """The offset after an undefined-length value: items up to the Sequence Delimitation Item."""
+    if depth > _MAX_NESTING:
+        raise _Unsure
+    while True:
+        tag, _, value, length = _element(data, position, implicit)
+        if tag == _SEQUENCE_END:
+            return value
+        if tag != _ITEM:
+            raise _Unsure
+        if length != _UNDEFINED:
+            position = _within(data, value + length)
+            continue
+        position = value
+        while True:  # an item of undefined length: its elements up to the Item Delimitation Item
+            tag, vr, value, length = _element(data, position, implicit)
+            if tag == _ITEM_END:
+                position = value
+                break
+            if length == _UNDEFINED:
+                position = _skip_undefined(data, value, implicit or vr == b"UN", depth + 1)
+            else:
+                position = _within(data, value + length)
+
+
+def _within(data: bytes, position: int) -> int:
+    if position > len(data):
+        raise _Unsure
+    return position
+
+
+def _text(data: bytes, value: int, length: int) -> str:
+    return data[value:_within(data, value + length)].decode("latin-1").strip("\x00 ")
