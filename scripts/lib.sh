@@ -139,6 +139,9 @@ ensure_project() {
         done
     fi
     say "installing radnode ($spec, editable) …"
-    (cd "$RADNODE_ROOT" && pip_install -e "$spec")
+    # torch stays the build ensure_torch (or the admin) put there: a dependency that asks for a
+    # newer torch (nnunetv2 → torchvision) must pick its release for this torch, not pull a CUDA build
+    printf 'torch==%s\n' "$(installed_version torch)" > "$VENV/torch-constraint.txt"
+    (cd "$RADNODE_ROOT" && pip_install -c "$VENV/torch-constraint.txt" -e "$spec")
     printf '%s\n' "$want" > "$stamp"
 }
