@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "LABEL_PRESET_PREFIX",
     "SHIPPED_PREFIX",
+    "FindingSpec",
+    "ImageInputSpec",
     "InputSpec",
     "LabelSpec",
     "ModelConfig",
     "Normalization",
+    "ReportSpec",
     "shipped_weights_dir",
 ]
 
@@ -36,6 +41,11 @@ PositiveTriple = tuple[
 ]
 Channel = Annotated[int, Field(ge=0, le=255)]
 PatchSize = tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]
+ImageSide = Annotated[int, Field(ge=16, le=4096)]
+Threshold = Annotated[float, Field(gt=0, lt=1)]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+"""Per-channel (R, G, B) mean of ImageNet, which torchvision-trained 2-D networks normalise by."""
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def shipped_weights_dir() -> Path:
@@ -56,6 +66,8 @@ class Normalization(_Section):
     """
 
     kind: Literal["none", "window", "zscore", "fixed"] = "none"
+    # zscore over the nonzero voxels only, zeros kept (MONAI's nonzero: skull-stripped brain MR)
+    nonzero: bool = False
     low: float | None = None
     high: float | None = None
     mean: float | None = None
@@ -70,6 +82,18 @@ class Normalization(_Section):
         return self
 
 
+def _one_letter_per_axis_pair(value: str) -> str:
+    value = value.upper()
+    axes = sorted(_PATIENT_AXIS.get(letter, letter) for letter in value)
+    if axes != ["AP", "LR", "SI"]:
+        raise ValueError(f"orientation {value!r} must name one of L/R, A/P and S/I each (e.g. RAS)")
+    return value
+
+
+Orientation = Annotated[str, AfterValidator(_one_letter_per_axis_pair)]
+"""Patient directions of the array axes, one letter each (nibabel/ITK letters: ``RAS``, ``SAR``)."""
+
+
 class InputSpec(_Section):
     """What the network expects.
 
@@ -82,7 +106,7 @@ class InputSpec(_Section):
     """
 
     channels: Annotated[int, Field(ge=1)] = 1
-    orientation: str | None = None
+    orientation: Orientation | None = None
     # resample to this voxel size first (and the labels back to the source grid); None: source grid
     spacing_mm: PositiveTriple | None = None
     normalization: Normalization = Field(default_factory=Normalization)
@@ -92,17 +116,15 @@ class InputSpec(_Section):
     batch_size: Annotated[int, Field(ge=1)] = 2
     # how windows are placed and blended: as MONAI's sliding_window_inference or nnU-Net's predictor
     window_scheme: Literal["monai", "nnunet"] = "monai"
+    # how the output channels are read: softmax (one label per voxel, the argmax; channel i is label i)
+    # or sigmoid (independent regions that may overlap, BraTS-style; channel i is label i + 1, present
+    # where its probability exceeds threshold)
+    activation: Literal["softmax", "sigmoid"] = "softmax"
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
 
-    @field_validator("orientation")
-    @classmethod
-    def _one_letter_per_axis_pair(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.upper()
-        axes = sorted(_PATIENT_AXIS.get(letter, letter) for letter in value)
-        if axes != ["AP", "LR", "SI"]:
-            raise ValueError(f"orientation {value!r} must name one of L/R, A/P and S/I each (e.g. RAS)")
-        return value
+    def batch_shape(self, batch: int) -> tuple[int, ...]:
+        """(batch, channels, *patch_size) of the network's input."""
+        return (batch, self.channels, *self.patch_size)
 
 
 class LabelSpec(_Section):
@@ -145,17 +167,117 @@ class LabelSpec(_Section):
         return self
 
 
+def _sha256_hex(value: str) -> str:
+    value = value.strip().lower()
+    if not _SHA256.match(value):
+        raise ValueError("sha256 must be 64 hexadecimal digits (radnode model hash PATH prints it)")
+    return value
+
+
+def _scheme_value(value: str) -> str:
+    if not _CODE.match(value):
+        raise ValueError(f"{value!r} is not SCHEME:VALUE (e.g. SCT:39607008)")
+    return value
+
+
+Sha256 = Annotated[str, AfterValidator(_sha256_hex)]
+CodeText = Annotated[str, AfterValidator(_scheme_value)]
+Meaning = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class ImageInputSpec(_Section):
+    """What a 2-D radiograph network expects (``task: classification`` or ``report``).
+
+    The radiograph as displayed (values in [0, 1], 1 = white; :mod:`inference.xray`) is fitted into
+    ``size`` (rows, columns): ``letterbox`` scales it to fit and pads the rest with black, keeping
+    its aspect; ``stretch`` scales rows and columns separately (what training on square PNGs did).
+    It is then repeated into ``channels`` and normalised per channel as (x - mean) / std; mean and
+    std default to ImageNet's for 3 channels (torchvision-trained networks, CheXNet); a 1-channel
+    network must state its own.
+    """
+
+    size: tuple[ImageSide, ImageSide]
+    channels: Literal[1, 3] = 3
+    resize: Literal["letterbox", "stretch"] = "letterbox"
+    # images per forward pass (the frontal images of a series)
+    batch_size: Annotated[int, Field(ge=1)] = 4
+    mean: tuple[float, ...] | None = None
+    std: tuple[Annotated[float, Field(gt=0)], ...] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _imagenet_by_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("channels", 3) == 3 and "mean" not in data and "std" not in data:
+            return {**data, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        return data
+
+    @model_validator(mode="after")
+    def _one_mean_and_std_per_channel(self) -> ImageInputSpec:
+        if self.mean is None or self.std is None or not len(self.mean) == len(self.std) == self.channels:
+            raise ValueError(f"mean and std need one value per channel ({self.channels}); only 3-channel "
+                             "networks default to ImageNet's")
+        return self
+
+    def batch_shape(self, batch: int) -> tuple[int, ...]:
+        """(batch, channels, rows, columns) of the network's input."""
+        return (batch, self.channels, *self.size)
+
+
+class FindingSpec(_Section):
+    """One output of a classifier: what it detects, coded, and from which probability it is present.
+
+    ``code`` is ``SCHEME:VALUE``; ``site`` an optional finding site (``SCT:39607008`` Lung) for
+    findings whose code names a morphology only (a nodule, fibrosis), with its ``site_meaning``.
+    """
+
+    name: Meaning
+    code: CodeText
+    meaning: Meaning
+    threshold: Threshold = 0.5
+    site: CodeText | None = None
+    site_meaning: Meaning | None = None
+
+    @model_validator(mode="after")
+    def _site_has_meaning(self) -> FindingSpec:
+        if (self.site is None) != (self.site_meaning is None):
+            raise ValueError("site and site_meaning go together: give both or neither")
+        return self
+
+
+class ReportSpec(_Section):
+    """How a report generator's output becomes text (``task: report``).
+
+    ``adapter`` names the :mod:`inference.report_generators` adapter: ``token-ids`` runs a network
+    that maps the image to token ids (its own decoding loop inside) and reads them with
+    ``vocabulary``, one token per line (line *n*, from 0, is token *n*), a file beside the model
+    file (or an absolute path) pinned by ``vocabulary_sha256``. Generation stops at ``end_token``;
+    the words after ``impression_token`` are the Impression, the words before it the Findings;
+    ``skip_tokens`` (padding, start) are dropped.
+    """
+
+    adapter: Literal["token-ids"] = "token-ids"
+    vocabulary: Path
+    vocabulary_sha256: Sha256
+    end_token: str = "<eos>"
+    impression_token: str | None = "<impression>"
+    skip_tokens: tuple[str, ...] = ("<pad>", "<bos>")
+
+
 class ModelConfig(_Section):
     """One model file (or folder) the node may load, pinned by its SHA-256.
 
     ``sha256`` of a folder (MONAI bundle, nnU-Net v2 results folder) is taken over every file in it
-    (``radnode model hash PATH`` prints it). ``input`` and ``labels`` are required for TorchScript
-    and ONNX files; bundle and nnU-Net folders carry their own and the YAML may override them.
+    (``radnode model hash PATH`` prints it). ``task`` says what the network does: ``segmentation``
+    (3-D; ``input`` and ``labels`` are required for TorchScript and ONNX files, bundle and nnU-Net
+    folders carry their own and the YAML may override them), or, on 2-D radiographs (``image``),
+    ``classification`` (``findings``: one coded finding per output) and ``report`` (``report``: how
+    its output becomes text). Classifiers and report generators are TorchScript or ONNX files.
     """
 
     file: Path
     format: Literal["torchscript", "onnx", "monai_bundle", "nnunetv2"]
-    sha256: str
+    sha256: Sha256
+    task: Literal["segmentation", "classification", "report"] = "segmentation"
     backend: Literal["auto", "tensorrt", "onnxruntime", "torch"] = "auto"
     # GPU only: CPUs always run fp32
     precision: Literal["fp32", "fp16"] = "fp16"
@@ -168,6 +290,19 @@ class ModelConfig(_Section):
     configuration: str = "3d_fullres"
     folds: list[Annotated[int, Field(ge=0)] | Literal["all"]] = [0]  # pydantic copies the default
     checkpoint: str = "checkpoint_final.pth"
+    # nnU-Net v2: the axes the training images had when nnU-Net read them, where the plans' reader
+    # does not fix them (TotalSegmentator reorients to RAS before nnU-Net reads, so its networks see
+    # SAR); None: NibabelIOWithReorient's SAR, or the volume's own (slice, row, column) axes
+    orientation: Orientation | None = None
+    # classification and report: the 2-D input
+    image: ImageInputSpec | None = None
+    # classification: output index (from 0) → FindingSpec, or "preset:NAME" (preset:chestxray14)
+    findings: dict[Annotated[int, Field(ge=0, le=4095)], FindingSpec] = Field(default_factory=dict)
+    # classification: the network outputs logits (radnode applies the sigmoid) or probabilities
+    outputs: Literal["logits", "probabilities"] = "logits"
+    # classification: finding name → threshold, replacing the one ``findings`` gives (a site's calibration)
+    thresholds: dict[str, Threshold] = Field(default_factory=dict)
+    report: ReportSpec | None = None
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -180,19 +315,72 @@ class ModelConfig(_Section):
             return load_label_table(value.removeprefix(LABEL_PRESET_PREFIX))
         return value
 
-    @field_validator("sha256")
+    @field_validator("findings", mode="before")
     @classmethod
-    def _hex_digest(cls, value: str) -> str:
-        value = value.strip().lower()
-        if not _SHA256.match(value):
-            raise ValueError("sha256 must be 64 hexadecimal digits (radnode model hash PATH prints it)")
+    def _finding_preset(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.startswith(LABEL_PRESET_PREFIX):
+                raise ValueError(f"findings must be a mapping or {LABEL_PRESET_PREFIX}NAME, got {value!r}")
+            from inference.labels import load_finding_table  # here: inference.labels imports this module
+
+            return load_finding_table(value.removeprefix(LABEL_PRESET_PREFIX))
         return value
 
     @model_validator(mode="after")
     def _self_describing_or_described(self) -> ModelConfig:
-        if self.format in ("torchscript", "onnx"):
-            if self.input is None:
-                raise ValueError(f"a {self.format} model needs input (patch_size, normalization, …)")
-            if not self.labels:
-                raise ValueError(f"a {self.format} model needs labels (value: name, code, colour)")
+        if self.task == "segmentation":
+            # by value, not by the keys given: a dumped-and-reloaded segmentation config gives every key
+            misplaced = [key for key in ("image", "findings", "thresholds", "report") if getattr(self, key)]
+            misplaced += ["outputs"] if self.outputs != "logits" else []
+            if misplaced:
+                raise ValueError(f"{', '.join(misplaced)} apply to task classification or report; "
+                                 "this model's task is segmentation (set task)")
+            if self.format in ("torchscript", "onnx"):
+                if self.input is None:
+                    raise ValueError(f"a {self.format} model needs input (patch_size, normalization, …)")
+                if not self.labels:
+                    raise ValueError(f"a {self.format} model needs labels (value: name, code, colour)")
+            return self
+        return self._radiograph_model()
+
+    def _radiograph_model(self) -> ModelConfig:
+        """The rules of a 2-D classifier or report generator."""
+        task = self.task
+        if self.format not in ("torchscript", "onnx"):
+            raise ValueError(f"a {task} model is a torchscript or onnx file, not {self.format}")
+        if self.input is not None or self.labels:
+            raise ValueError(f"input and labels are for segmentation models; a {task} model takes image "
+                             "(size, channels, mean, std)")
+        if self.image is None:
+            raise ValueError(f"a {task} model needs image (size, channels, resize, mean, std)")
+        if task == "report":
+            if self.report is None:
+                raise ValueError("a report model needs report (adapter, vocabulary, vocabulary_sha256)")
+            if self.findings or self.thresholds:
+                raise ValueError("findings and thresholds are for classification models, not report models")
+            return self
+        if self.report is not None:
+            raise ValueError("report is for report models; this model's task is classification")
+        if not self.findings:
+            raise ValueError("a classification model needs findings (output: name, code, meaning, "
+                             "threshold), e.g. findings: preset:chestxray14")
+        outputs = sorted(self.findings)
+        if outputs != list(range(len(outputs))):
+            raise ValueError(f"findings must number the outputs 0…{len(outputs) - 1} without gaps; got "
+                             f"{', '.join(map(str, outputs))}")
+        names = [spec.name for spec in self.findings.values()]
+        unknown = sorted(set(self.thresholds) - set(names))
+        if unknown:
+            raise ValueError(f"thresholds names unknown finding(s) {', '.join(unknown)}; the findings are "
+                             f"{', '.join(names)}")
         return self
+
+    def classifier_findings(self) -> dict[int, FindingSpec]:
+        """Output index → finding, with the thresholds of ``thresholds`` in place of the table's."""
+        return {index: spec.model_copy(update={"threshold": self.thresholds[spec.name]})
+                if spec.name in self.thresholds else spec for index, spec in sorted(self.findings.items())}
+
+    @property
+    def network_input(self) -> InputSpec | ImageInputSpec | None:
+        """What the network takes: the 3-D ``input`` of a segmentation model, else the 2-D ``image``."""
+        return self.input if self.task == "segmentation" else self.image

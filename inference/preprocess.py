@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from inference.errors import ModelError
 from inference.model_config import InputSpec, Normalization
 from inference.orientation import AxisMap, axis_map
 from inference.volume import Volume
@@ -36,6 +37,12 @@ def normalize(voxels: torch.Tensor, spec: Normalization) -> torch.Tensor:
         assert spec.low is not None and spec.high is not None  # Normalization validates window
         return (voxels.clamp(spec.low, spec.high) - spec.low) / (spec.high - spec.low)
     if spec.kind == "zscore":
+        if spec.nonzero:
+            inside = voxels != 0
+            if not bool(inside.any()):
+                return voxels
+            values = voxels[inside]
+            return torch.where(inside, (voxels - values.mean()) / values.std().clamp(min=1e-8), voxels)
         return (voxels - voxels.mean()) / voxels.std().clamp(min=1e-8)
     if spec.kind == "fixed":
         assert spec.mean is not None and spec.std is not None  # Normalization validates fixed
@@ -51,19 +58,30 @@ def resampled_shape(shape: Sequence[int], spacing: Sequence[float],
     return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target, strict=True))
 
 
-def model_input(volume: Volume, spec: InputSpec, device: torch.device) -> torch.Tensor:
-    """The network's input (1, z, y, x) on ``device``: on the model's axes, normalised, then resampled
-    to ``spec.spacing_mm``."""
+def model_input(volume: Volume, spec: InputSpec, device: torch.device,
+                extra: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """The network's input (channels, z, y, x) on ``device``: on the model's axes, normalised, then
+    resampled to ``spec.spacing_mm``.
+
+    ``extra`` are further channels on ``volume``'s grid (other series of the study, registered to it
+    by :func:`inference.registration.onto_grid`), in the model's channel order after ``volume``; each
+    channel is normalised on its own, as multi-sequence MR models are trained.
+    """
+    if 1 + len(extra) != spec.channels:
+        raise ModelError(f"the model takes {spec.channels} channel(s); {1 + len(extra)} series were given")
     axes = _axes(volume, spec)
-    voxels = axes.to_model(volume.voxels) if axes else volume.voxels
+    channels = []
+    for voxels in (volume.voxels, *extra):
+        voxels = axes.to_model(voxels) if axes else voxels
+        channels.append(normalize(voxels.to(device), spec.normalization))
+    image = torch.stack(channels)
     spacing = axes.spacing(volume.spacing) if axes else volume.spacing
-    image = normalize(voxels.to(device), spec.normalization)
     if spec.spacing_mm is None:
-        return image[None]
-    size = resampled_shape(voxels.shape, spacing, spec.spacing_mm)
-    if size == tuple(voxels.shape):
-        return image[None]
-    return F.interpolate(image[None, None], size=size, mode="trilinear", align_corners=False)[0]
+        return image
+    size = resampled_shape(image.shape[1:], spacing, spec.spacing_mm)
+    if size == tuple(image.shape[1:]):
+        return image
+    return F.interpolate(image[None], size=size, mode="trilinear", align_corners=False)[0]
 
 
 def labels_to_volume(labels: torch.Tensor, volume: Volume, spec: InputSpec) -> torch.Tensor:

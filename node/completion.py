@@ -12,24 +12,22 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from node.config import CompletionConfig, Destination, Route
-from node.db import Database, Instance, Job, JobState, Series, SeriesState, Study, utcnow
+from node.config import CompletionConfig, Destination, PipelineOptions, Route
+from node.db import Database, Instance, Job, JobState, Series, SeriesState, Study, as_utc, utcnow
 from node.delivery import open_association
 from node.dimse import FindStatus
 from node.errors import BrokerUnreachable, DeliveryError
-from node.routing import SeriesFacts, assign
+from node.routing import assign
+from node.study_jobs import StudyJobs, series_facts
 
 __all__ = ["CompletionWatcher", "PacsCounter"]
 
@@ -85,10 +83,12 @@ class CompletionWatcher:
         busy_series: Callable[[], set[str]],
         enqueue: Callable[[int], None],
         counter: PacsCounter | None = None,
+        pipelines: Mapping[str, PipelineOptions] | None = None,
     ) -> None:
         self.db = db
         self.config = config
         self.routes = routes
+        self.study_jobs = StudyJobs(pipelines or {})
         self.busy_series = busy_series
         self.enqueue = enqueue
         self.counter = counter
@@ -135,10 +135,12 @@ class CompletionWatcher:
                     # unchanged since it was judged ready (no instance arrived meanwhile)
                     if (
                         series.state == SeriesState.RECEIVING
-                        and _utc(series.last_received_at) == ready[series.id]
+                        and as_utc(series.last_received_at) == ready[series.id]
                         and series.series_instance_uid not in busy
                     ):
                         created.extend(self._complete(session, series))
+        with self.db.session() as session:
+            created.extend(self.study_jobs.resolve(session))
         self._send(created)
         return created
 
@@ -162,7 +164,7 @@ class CompletionWatcher:
         return {
             series_id: last
             for series_id, series_uid, study_uid, naive_or_aware in candidates
-            if (last := _utc(naive_or_aware))
+            if (last := as_utc(naive_or_aware))
             if series_uid not in busy
             and (last <= cutoff or self._pacs_has_all(series_id, study_uid, series_uid))
         }
@@ -209,11 +211,7 @@ class CompletionWatcher:
                      series.series_instance_uid, len(series.instances))
             return []
         series.revision += 1
-        header = _first_header(series)
-        facts = (
-            None if header is None
-            else SeriesFacts(header, series.calling_ae_title, series.called_ae_title)
-        )
+        facts = series_facts(series)
         assignments = assign(self.routes, facts) if facts is not None else []
         log.info(
             "series complete series=%s instances=%d revision=%d pipelines=%s",
@@ -222,16 +220,19 @@ class CompletionWatcher:
             series.revision,
             ",".join(a.pipeline for a in assignments) or "-",
         )
-        jobs = [
-            Job(
+        jobs = []
+        for assignment in assignments:
+            if self.study_jobs.takes_study(assignment.pipeline):
+                assert facts is not None  # no facts, no assignments
+                self.study_jobs.join(session, series, facts, assignment)
+                continue
+            jobs.append(Job(
                 series_id=series.id,
                 pipeline=assignment.pipeline,
                 revision=series.revision,
                 destinations=list(assignment.destinations),
                 state=JobState.QUEUED,
-            )
-            for assignment in assignments
-        ]
+            ))
         session.add_all(jobs)
         session.flush()
         return [job.id for job in jobs]
@@ -250,18 +251,3 @@ class CompletionWatcher:
             ids = session.scalars(select(Job.id).where(Job.state.in_(states))).all()
         self._send(list(ids))
         return len(ids)
-
-
-def _utc(moment: datetime) -> datetime:
-    """Timestamps are UTC; SQLite returns them without a zone in plain (non-ORM) selects."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def _first_header(series: Series):  # type: ignore[no-untyped-def]
-    """The header of one stored instance: what routing rules match against."""
-    for instance in series.instances:
-        try:
-            return dcmread(Path(instance.path), stop_before_pixels=True)
-        except (OSError, InvalidDicomError) as exc:
-            log.warning("cannot read %s for routing: %s", instance.path, exc)
-    return None

@@ -55,6 +55,8 @@ DEFAULT_FIRST_BACKOFF_SECONDS = 5.0
 DEFAULT_MAX_BACKOFF_SECONDS = 600.0
 DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 4 * 3600.0
 DEFAULT_MAX_MEMORY_PER_CHILD_MB = 6144
+# a study-level job waits this long after its first input completed (an MR exam sends its series over ~30 min)
+DEFAULT_INPUT_WAIT_SECONDS = 1800.0
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2 AE: no backslash, no control
 
@@ -223,20 +225,6 @@ class Destination(_Section):
         return self
 
 
-class PipelineOptions(_Section):
-    """How one pipeline's results are encoded; with ``model``, a segmentation pipeline defined here.
-
-    A name that is not a built-in pipeline becomes one when it names a model of ``models:``
-    (inference/pipelines/segmentation.py); its version is ``version`` or the start of the
-    model's SHA-256, so results of a new model file get new UIDs.
-    """
-
-    # binary (default), fractional (probability maps) or labelmap (Label Map Segmentation, DICOM 2024)
-    seg_type: Literal["binary", "fractional", "labelmap"] = "binary"
-    model: str | None = None
-    version: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-
-
 #: Route keys that match the association rather than a DICOM attribute of the series.
 ASSOCIATION_KEYS = ("calling_ae_title", "called_ae_title")
 
@@ -304,6 +292,63 @@ class Condition(_Section):
         return self
 
 
+def _checked_match(value: Any) -> Any:
+    """A ``match`` mapping's keys must be attribute keywords (or the association's AE titles)."""
+    if isinstance(value, dict):
+        for key in value:
+            _check_match_key(str(key))
+    return value
+
+
+class PipelineInput(_Section):
+    """One series a study-level pipeline takes: the series of the study whose attributes satisfy
+    ``match`` (conditions as in routes, e.g. ``SeriesDescription: {regex: flair, ignore_case: true}``).
+
+    The first input is the reference: the others are resampled onto its grid, and the SEG is on it.
+    """
+
+    name: Annotated[str, Field(min_length=1, max_length=32)]
+    match: dict[str, Condition] = Field(default_factory=dict)
+    # an optional input that is missing does not hold the job back (the model gets no such channel:
+    # only for models that accept it)
+    required: bool = True
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _known_keys(cls, value: Any) -> Any:
+        return _checked_match(value)
+
+
+class PipelineOptions(_Section):
+    """How one pipeline's results are encoded; with ``model``, a segmentation pipeline defined here.
+
+    A name that is not a built-in pipeline becomes one when it names a model of ``models:``
+    (inference/pipelines/segmentation.py); its version is ``version`` or the start of the
+    model's SHA-256, so results of a new model file get new UIDs. With ``inputs``, the pipeline
+    takes several series of one study (one model channel each, in order): its job waits until a
+    complete series matches every required input, or fails after ``wait_seconds`` naming the
+    missing one.
+    """
+
+    # binary (default), fractional (probability maps) or labelmap (Label Map Segmentation, DICOM 2024)
+    seg_type: Literal["binary", "fractional", "labelmap"] = "binary"
+    model: str | None = None
+    version: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    inputs: list[PipelineInput] = Field(default_factory=list)
+    wait_seconds: float = Field(default=DEFAULT_INPUT_WAIT_SECONDS, gt=0)
+
+    @field_validator("inputs")
+    @classmethod
+    def _distinct_names(cls, value: list[PipelineInput]) -> list[PipelineInput]:
+        names = [item.name for item in value]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"input names must differ: {', '.join(repeated)} repeated")
+        if value and not value[0].required:
+            raise ValueError(f"the first input ({value[0].name}) is the reference grid: it must be required")
+        return value
+
+
 class Route(_Section):
     """A routing rule: series whose attributes satisfy ``match`` get ``pipelines``.
 
@@ -322,10 +367,7 @@ class Route(_Section):
     @field_validator("match", mode="before")
     @classmethod
     def _known_keys(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            for key in value:
-                _check_match_key(str(key))
-        return value
+        return _checked_match(value)
 
     @model_validator(mode="after")
     def _adds_or_excludes(self) -> Route:
@@ -430,6 +472,9 @@ class Config(_Section):
     def _pipelines_name_models(self) -> Config:
         for name, options in self.pipelines.items():
             if options.model is None:
+                if options.inputs:
+                    raise _KeyedError(("pipelines", name, "inputs"),
+                                      "inputs are the channels of a model: give model: MODEL too")
                 continue
             if name in available_pipelines():
                 raise _KeyedError(("pipelines", name, "model"),

@@ -54,6 +54,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A stored timestamp as an aware UTC one: SQLite returns them without a zone in plain selects."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 class _UTCDateTime(DateTime):
     """SQLite drops time zones; give them back as UTC on the way out."""
 
@@ -78,6 +83,7 @@ class SeriesState(enum.StrEnum):
 
 
 class JobState(enum.StrEnum):
+    WAITING = "waiting"  # a study-level job whose input series have not all arrived
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -156,6 +162,8 @@ class Job(Base):
     """One pipeline run over one revision of one series (idempotent by the unique key).
 
     ``pipeline_version`` is filled in by the worker that runs it: the version installed there.
+    A study-level job (``pipelines.NAME.inputs``) starts WAITING on the series that completed first;
+    ``inputs`` maps each input name to the series chosen for it once all are there.
     """
 
     __tablename__ = "job"
@@ -167,6 +175,7 @@ class Job(Base):
     pipeline_version: Mapped[str] = mapped_column(String(32), default="")
     revision: Mapped[int] = mapped_column(Integer)
     destinations: Mapped[list[str]] = mapped_column(JSON, default=list)
+    inputs: Mapped[dict[str, str]] = mapped_column(JSON, default=dict, server_default="{}")
     state: Mapped[JobState] = mapped_column(_state(JobState), default=JobState.QUEUED, index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)

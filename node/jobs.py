@@ -15,10 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from pydicom.dataset import Dataset
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from dicom_sr.sc import build_sc
 from dicom_sr.seg import EncodingError, build_seg
@@ -28,12 +30,16 @@ from dicom_sr.uids import ResultKind, result_uids
 from inference.errors import ModelError, NotApplicable, VolumeError
 from inference.findings import Findings
 from inference.pipelines import UnknownPipeline, create
+from inference.registration import onto_grid
 from inference.registry import ModelRegistry
 from inference.volume import Volume, load_series
 from node.config import DEFAULT_FORMATS, Config
-from node.db import Database, Delivery, DeliveryState, Instance, Job, JobState, Result, utcnow
+from node.db import Database, Delivery, DeliveryState, Instance, Job, JobState, Result, Series, utcnow
 from node.metrics import JOB_STAGE_SECONDS, JOBS_FINISHED
 from node.store import write_durably
+
+if TYPE_CHECKING:
+    from inference.xray import RadiographSeries
 
 __all__ = ["JobRunner", "select_device"]
 
@@ -84,13 +90,26 @@ class _StageClock:
 
 
 @dataclass(frozen=True)
+class _Input:
+    """One series a job reads: the job's own, or one input of a study-level job."""
+
+    name: str
+    series_uid: str
+    paths: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
 class _Work:
     job_id: int
     pipeline: str
-    series_uid: str
     study_uid: str
-    paths: tuple[Path, ...]
+    inputs: tuple[_Input, ...]  # the first is the reference: its grid, its images referenced
     destinations: tuple[str, ...]
+
+    @property
+    def source_key(self) -> str:
+        """What result UIDs derive from: the source series (all of them, for a study-level job)."""
+        return "+".join(item.series_uid for item in self.inputs)
 
 
 class JobRunner:
@@ -118,11 +137,13 @@ class JobRunner:
             pipeline = create(work.pipeline, options.model, self.models, options.version,
                               probabilities=options.seg_type == "fractional")
             with clock("load"):
-                volume = load_series(work.paths)
+                source, extra = _load(work, getattr(pipeline, "takes", "volume"))
             with clock("pipeline"):
-                findings = pipeline.run(volume, self.device)
+                # only a study-level job passes further inputs: single-series pipelines take two arguments
+                arguments = (source, self.device, extra) if extra else (source, self.device)
+                findings = pipeline.run(*arguments)
             with clock("encode"):
-                objects = self._encode(work, pipeline.version, volume, findings)
+                objects = self._encode(work, pipeline.version, source, findings)
         except NotApplicable as exc:
             self._finish(job_id, JobState.NOT_APPLICABLE, f"not applicable: {exc}")
             return
@@ -138,7 +159,7 @@ class JobRunner:
             return
         log.info(
             "job done job=%d pipeline=%s series=%s %s",
-            job_id, work.pipeline, work.series_uid, clock,
+            job_id, work.pipeline, work.source_key, clock,
         )
         self._record_results(work, pipeline.version, objects)
 
@@ -148,22 +169,19 @@ class JobRunner:
             if job is None:
                 log.warning("job %d does not exist; message dropped", job_id)
                 return None
-            if job.state in _FINISHED:
-                log.info("job %d already %s; skipped", job_id, job.state.value)
+            if job.state in _FINISHED or job.state == JobState.WAITING:
+                log.info("job %d is %s; skipped", job_id, job.state.value)
                 return None
             job.state = JobState.RUNNING
             job.started_at = utcnow()
             job.attempts += 1
             job.worker = self.name
-            paths = session.scalars(
-                select(Instance.path).where(Instance.series_id == job.series_id)
-            ).all()
+            chosen = job.inputs or {"series": job.series.series_instance_uid}
             return _Work(
                 job_id=job.id,
                 pipeline=job.pipeline,
-                series_uid=job.series.series_instance_uid,
                 study_uid=job.series.study.study_instance_uid,
-                paths=tuple(Path(p) for p in paths),
+                inputs=tuple(_Input(name, uid, _paths(session, uid)) for name, uid in chosen.items()),
                 destinations=tuple(job.destinations),
             )
 
@@ -178,14 +196,14 @@ class JobRunner:
         return []
 
     def _encode(
-        self, work: _Work, version: str, volume: Volume, findings: Findings
+        self, work: _Work, version: str, source: Volume | RadiographSeries, findings: Findings
     ) -> list[tuple[str, Dataset]]:
         """Every object the findings call for: SEG, TID 1500 SR, text SR; SC when a destination wants it."""
-        headers = volume.headers
+        headers = source.headers
         options = self.config.pipeline_options(work.pipeline)
 
         def uids(kind: ResultKind, variant: str = "") -> dict[str, str]:
-            ids = result_uids(work.series_uid, work.pipeline, version, findings.algorithm.model_sha256,
+            ids = result_uids(work.source_key, work.pipeline, version, findings.algorithm.model_sha256,
                               kind, variant)
             return {"series_instance_uid": ids.series_instance_uid, "sop_instance_uid": ids.sop_instance_uid}
 
@@ -205,8 +223,9 @@ class JobRunner:
             text = build_text_sr(findings, headers, series_number=TEXT_SERIES_NUMBER,
                                  **uids(ResultKind.TEXT))
             objects.append((ResultKind.TEXT.value, text))
-        if findings.segments and any("sc" in self._formats(name) for name in work.destinations):
-            pixels = volume.voxels.detach().cpu().numpy()
+        if (isinstance(source, Volume) and findings.segments
+                and any("sc" in self._formats(name) for name in work.destinations)):
+            pixels = source.voxels.detach().cpu().numpy()
             objects.extend(
                 (ResultKind.SC.value, image)
                 for image in build_sc(findings, headers, pixels, series_number=SC_SERIES_NUMBER,
@@ -253,3 +272,22 @@ class JobRunner:
             job.reason = ""
             job.finished_at = utcnow()
             JOBS_FINISHED.labels(job.pipeline, JobState.SUCCEEDED.value).inc()
+
+
+def _paths(session: Session, series_uid: str) -> tuple[Path, ...]:
+    """The stored files of the series ``series_uid``."""
+    paths = session.scalars(
+        select(Instance.path).join(Series, Instance.series_id == Series.id)
+        .where(Series.series_instance_uid == series_uid)
+    ).all()
+    return tuple(Path(path) for path in paths)
+
+
+def _load(work: _Work, takes: str) -> tuple[Volume | RadiographSeries, list[torch.Tensor]]:
+    """What the pipeline runs on, and a study-level job's further inputs on the reference grid."""
+    if takes == "radiographs":
+        from inference.xray import load_radiograph_series  # X-ray pipelines only
+
+        return load_radiograph_series(work.inputs[0].paths), []
+    reference, *others = (load_series(item.paths) for item in work.inputs)
+    return reference, [onto_grid(volume, reference) for volume in others]

@@ -15,9 +15,10 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from node.db import Database, Delivery, DeliveryState, Job, JobState, Result, Series
+from node.db import Database, Delivery, DeliveryState, Job, JobState, Result, Series, utcnow
 from node.errors import BrokerUnreachable, NotRetryable
 from node.retention import Purge
+from node.study_jobs import MISSING_INPUT
 from node.tasks import Enqueuer
 
 __all__ = ["retry_delivery", "retry_job"]
@@ -43,6 +44,10 @@ def retry_job(db: Database, enqueuer: Enqueuer, job_id: int) -> None:
                 f"job {job_id} is {job.state.value}; only failed or not_applicable jobs are retried"
             )
         _refuse_if_purged(session, job.series.study_id, f"job {job_id}")
+        if job.reason.startswith(MISSING_INPUT):  # the listener's completion check resolves it
+            job.state, job.reason, job.finished_at, job.created_at = JobState.WAITING, "", None, utcnow()
+            log.info("study job waits for its inputs again job=%d", job_id)
+            return
         before = (job.state, job.reason, job.started_at, job.finished_at)
         job.state, job.reason, job.started_at, job.finished_at = JobState.QUEUED, "", None, None
     try:

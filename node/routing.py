@@ -11,7 +11,7 @@ a matching ``exclude`` rule removes its pipelines (all, when it names none), wha
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -19,7 +19,7 @@ from pydicom.multival import MultiValue
 
 from node.config import ASSOCIATION_KEYS, Condition, Route
 
-__all__ = ["Assignment", "RuleOutcome", "SeriesFacts", "assign", "describe", "explain"]
+__all__ = ["Assignment", "RuleOutcome", "SeriesFacts", "assign", "describe", "evaluate", "explain"]
 
 
 @dataclass(frozen=True)
@@ -104,14 +104,16 @@ def _check(condition: Condition, values: list[str]) -> tuple[bool, str]:
     return True, f"is {shown}: ok"
 
 
+def evaluate(match: Mapping[str, Condition], facts: SeriesFacts) -> tuple[bool, tuple[str, ...]]:
+    """Whether every condition of ``match`` holds for the series, and each condition's verdict."""
+    verdicts = [(key, *_check(condition, facts.values(key))) for key, condition in match.items()]
+    reasons = tuple(f"{key} {why}" for key, _, why in verdicts) or ("no conditions: matches all",)
+    return all(ok for _, ok, _ in verdicts), reasons
+
+
 def explain(routes: Sequence[Route], facts: SeriesFacts) -> list[RuleOutcome]:
     """Every rule applied to the series, in order: matched or not, and why."""
-    outcomes = []
-    for index, route in enumerate(routes):
-        verdicts = [(key, *_check(condition, facts.values(key))) for key, condition in route.match.items()]
-        reasons = tuple(f"{key} {why}" for key, _, why in verdicts) or ("no conditions: matches all",)
-        outcomes.append(RuleOutcome(index, route, all(ok for _, ok, _ in verdicts), reasons))
-    return outcomes
+    return [RuleOutcome(index, route, *evaluate(route.match, facts)) for index, route in enumerate(routes)]
 
 
 def assign(routes: Sequence[Route], facts: SeriesFacts) -> list[Assignment]:

@@ -105,7 +105,8 @@ def serve(config: Config, *, with_worker: bool) -> None:
         timeout_seconds=config.delivery.timeout_seconds,
     )
     watcher = CompletionWatcher(
-        db, config.completion, config.routes, tracker.busy_series, enqueuer.job, counter
+        db, config.completion, config.routes, tracker.busy_series, enqueuer.job, counter,
+        pipelines=config.pipelines,
     )
     listener = Listener(config.node, spool, db, tracker)
     listener.start()

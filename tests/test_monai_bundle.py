@@ -158,7 +158,7 @@ def test_input_spec_comes_from_the_bundle_config(bundle: Path) -> None:
     assert source.input.patch_size == ROI_SIZE
     assert (source.input.overlap, source.input.batch_size) == (0.5, 2)
     assert source.input.normalization.model_dump() == {"kind": "window", "low": -1000.0, "high": 500.0,
-                                                       "mean": None, "std": None}
+                                                       "mean": None, "std": None, "nonzero": False}
     assert source.class_names == {1: "lung", 2: "vessel", 3: "bone"}
 
 
@@ -175,8 +175,8 @@ def test_yaml_input_overrides_the_bundle(bundle: Path) -> None:
 
 def test_unsupported_transform_is_named(bundle: Path) -> None:
     _edit_config(bundle, lambda c: c["preprocessing"]["transforms"].insert(
-        3, {"_target_": "CropForegroundd", "keys": "image", "source_key": "image"}))
-    with pytest.raises(ModelFormatError, match=r"preprocessing transform 'CropForegroundd' \(number 3\)"):
+        3, {"_target_": "HistogramNormalized", "keys": "image"}))
+    with pytest.raises(ModelFormatError, match=r"preprocessing transform 'HistogramNormalized' \(number 3\)"):
         open_model("chest", _config(bundle))
 
 
@@ -186,10 +186,23 @@ def test_bundle_without_orientation_is_refused(bundle: Path) -> None:
         open_model("chest", _config(bundle))
 
 
-def test_sigmoid_output_is_refused(bundle: Path) -> None:
-    _edit_config(bundle, lambda c: c["postprocessing"]["transforms"][0].update(softmax=False, sigmoid=True))
-    with pytest.raises(ModelFormatError, match="sigmoid"):
-        open_model("chest", _config(bundle))
+def test_sigmoid_output_is_read_as_overlapping_regions_at_the_bundle_threshold(bundle: Path) -> None:
+    def sigmoid(config: dict[str, Any]) -> None:
+        transforms = config["postprocessing"]["transforms"]
+        transforms[0].update(softmax=False, sigmoid=True)
+        transforms[2] = {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.4}
+
+    _edit_config(bundle, sigmoid)
+    source = open_model("chest", _config(bundle))
+    assert (source.input.activation, source.input.threshold) == ("sigmoid", 0.4)
+    # sigmoid channel i is label i + 1: every channel is a region, none is background
+    assert source.class_names == {1: "background", 2: "lung", 3: "vessel", 4: "bone"}
+
+
+def test_nonzero_channel_wise_normalisation_is_read(bundle: Path) -> None:
+    _edit_config(bundle, lambda c: c["preprocessing"]["transforms"].__setitem__(
+        4, {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True, "channel_wise": True}))
+    assert open_model("chest", _config(bundle)).input.normalization.nonzero
 
 
 @pytest.mark.parametrize("missing", ["configs/inference.json", "configs/metadata.json", "models/model.pt"])

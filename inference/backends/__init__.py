@@ -18,6 +18,7 @@ import torch
 from inference.backends.base import Backend
 from inference.errors import BackendUnavailable
 from inference.formats.base import ModelSource
+from inference.model_config import ImageInputSpec
 
 __all__ = ["AUTO_ORDER", "Backend", "open_backend"]
 
@@ -112,17 +113,25 @@ def _construct(choice: str, source: ModelSource, device: torch.device, precision
 
 
 def _probe(backend: Backend, source: ModelSource) -> None:
-    """Run one patch of zeros: the output must be finite (1, K, patch) logits covering every label."""
+    """Run one input of zeros: the output must be finite, (1, K, patch) logits covering every label
+    for a segmentation network, (1, K) for a radiograph network (one value per output)."""
     spec = source.input
-    batch = torch.zeros((1, spec.channels, *spec.patch_size), dtype=torch.float32)
+    shape_in = spec.batch_shape(1)
+    batch = torch.zeros(shape_in, dtype=torch.float32)
     try:
         logits = backend(batch)
     except RuntimeError as exc:
         raise BackendUnavailable(f"{backend.name} failed on a probe batch: {exc}") from exc
-    expected = f"(1, K, {', '.join(map(str, spec.patch_size))}) with K > {max(source.labels, default=0)}"
     shape = tuple(logits.shape)
-    if (logits.ndim != 5 or shape[0] != 1 or shape[2:] != tuple(spec.patch_size)
-            or shape[1] <= max(source.labels, default=0)):
+    if isinstance(spec, ImageInputSpec):
+        expected, wrong = "(1, K)", logits.ndim != 2 or shape[0] != 1
+    else:
+        # softmax: channel 0 is the background, label i channel i; sigmoid: label i is channel i - 1
+        needed = max(source.labels, default=0) + (spec.activation == "softmax")
+        expected = f"(1, K, {', '.join(map(str, spec.patch_size))}) with K >= {needed}"
+        wrong = (logits.ndim != 5 or shape[0] != 1 or shape[2:] != tuple(spec.patch_size)
+                 or shape[1] < needed)
+    if wrong:
         raise BackendUnavailable(f"{backend.name} returned logits of shape {shape} on a probe batch; "
                                  f"expected {expected}")
     if not bool(torch.isfinite(logits).all()):

@@ -9,16 +9,20 @@ its volume (and, on CT, its mean attenuation).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 
 from dicom_sr import codes
 from dicom_sr.codes import Code
 from inference.errors import ModelError, NotApplicable
 from inference.findings import Algorithm, Findings, Measurement, MeasurementGroup, Segment
-from inference.model_config import LabelSpec
+from inference.model_config import InputSpec, LabelSpec
 from inference.preprocess import labels_to_volume, model_input, probability_to_volume
 from inference.registry import ModelRegistry
-from inference.sliding_window import sliding_window
+from inference.sliding_window import WindowLabels, sliding_window, sliding_window_labels
 from inference.volume import Volume
 
 __all__ = ["VERSION_DIGITS", "SegmentationPipeline"]
@@ -48,48 +52,53 @@ class SegmentationPipeline:
         self.version = version or registry.config(model).sha256[:VERSION_DIGITS]
         self.probabilities = probabilities
 
-    def run(self, volume: Volume, device: torch.device) -> Findings:
-        """Segment ``volume``; the model runs on the registry's device (the worker's, ``device``)."""
+    def run(self, volume: Volume, device: torch.device, extra: Sequence[torch.Tensor] = ()) -> Findings:
+        """Segment ``volume``; the model runs on the registry's device (the worker's, ``device``).
+
+        ``extra``: the model's further input channels, other series already on ``volume``'s grid
+        (a study-level pipeline's inputs after the first); the segments are on ``volume``'s grid.
+        """
         loaded = self.registry.get(self.model)
         spec, coded = loaded.source.input, loaded.source.labels
-        if spec.channels != 1:
-            raise ModelError(f"model {self.model!r} takes {spec.channels} channels; {self.name} feeds it "
-                             "one series (one channel)")
+        if spec.channels != 1 + len(extra):
+            raise ModelError(f"model {self.model!r} takes {spec.channels} channel(s); pipeline {self.name} "
+                             f"gives it {1 + len(extra)} series (pipelines.{self.name}.inputs)")
         if not coded:
             raise ModelError(f"model {self.model!r} has no coded labels for its SEG segments; give "
                              f"models.{self.model}.labels in the configuration")
         backend = loaded.backend
-        image = model_input(volume, spec, backend.device)
-        logits = sliding_window(image, backend, spec.patch_size, spec.overlap, spec.batch_size,
-                                backend.device, scheme=spec.window_scheme)
-        labels = labels_to_volume(logits.argmax(0), volume, spec)
-        softmax = logits.softmax(0) if self.probabilities else None
-        del logits, image
-        # voxel count and HU sum of every label value in one pass each, whatever the number of labels
-        flat = labels.flatten()
-        size = max(int(flat.max()), max(coded)) + 1
-        counts = torch.bincount(flat, minlength=size)
-        hu_sums = torch.bincount(flat, weights=volume.voxels.to(flat.device, torch.float64).flatten(),
-                                 minlength=size)
+        image = model_input(volume, spec, backend.device, extra)
+        regions: _Regions | _LabelMap
+        if spec.activation == "sigmoid":
+            logits = sliding_window(image, backend, spec.patch_size, spec.overlap, spec.batch_size,
+                                    backend.device, scheme=spec.window_scheme)
+            regions = _Regions(logits, volume, spec, self.probabilities)
+            del logits
+        else:  # never the whole volume's logits: 100+ classes would need one float32 volume each
+            found = sliding_window_labels(image, backend, spec.patch_size, spec.overlap, spec.batch_size,
+                                          backend.device, scheme=spec.window_scheme,
+                                          probabilities=sorted(coded) if self.probabilities else ())
+            regions = _LabelMap(found, volume, spec)
+        del image
         voxel_ml = volume.voxel_volume_mm3 / 1000.0
         segments: list[Segment] = []
         groups: list[MeasurementGroup] = []
         for value, label in sorted(coded.items()):
-            count = int(counts[value])
+            count = regions.count(value)
             if count == 0:
                 continue
             finding = _code(label.code, label.meaning)
             measurements = [Measurement(codes.VOLUME, count * voxel_ml, codes.UNIT_MILLILITER)]
             if volume.modality == "CT":
-                measurements.append(Measurement(codes.ATTENUATION_COEFFICIENT, float(hu_sums[value]) / count,
-                                                codes.UNIT_HOUNSFIELD, derivation=codes.MEAN))
+                mean_hu = regions.value_sum(value) / count
+                measurements.append(Measurement(codes.ATTENUATION_COEFFICIENT, mean_hu, codes.UNIT_HOUNSFIELD,
+                                                derivation=codes.MEAN))
             groups.append(MeasurementGroup(label.name, finding, tuple(measurements), len(segments),
                                            *_finding_site(label, finding)))
             segments.append(Segment(
                 label.name, _code(label.category, label.category_meaning), finding, label.colour,
-                (labels == value).cpu().numpy(),
-                probability=None if softmax is None else
-                probability_to_volume(softmax[value], volume, spec).cpu().numpy(),
+                regions.mask(value),
+                probability=regions.probability(value),
                 anatomic_region=_optional_code(label.region, label.region_meaning),
                 property_modifier=_optional_code(label.modifier, label.modifier_meaning),
                 anatomic_region_modifier=_optional_code(label.region_modifier, label.region_modifier_meaning),
@@ -104,6 +113,65 @@ class SegmentationPipeline:
             groups=tuple(groups),
             procedure_reported=_PROCEDURE.get(volume.modality),
         )
+
+
+class _LabelMap:
+    """A softmax output read as one label per voxel (the argmax; channel i is label value i).
+
+    Voxel count and value sum of every label come from one pass each, whatever the number of labels.
+    """
+
+    def __init__(self, found: WindowLabels, volume: Volume, spec: InputSpec) -> None:
+        self.labels = labels_to_volume(found.labels, volume, spec)
+        self._softmax = found.probabilities
+        self._volume, self._spec = volume, spec
+        flat = self.labels.flatten()
+        self._counts = torch.bincount(flat)
+        self._sums = torch.bincount(flat, weights=volume.voxels.to(flat.device, torch.float64).flatten())
+
+    def count(self, value: int) -> int:
+        return int(self._counts[value]) if value < len(self._counts) else 0
+
+    def value_sum(self, value: int) -> float:
+        return float(self._sums[value])
+
+    def mask(self, value: int) -> np.ndarray:
+        return (self.labels == value).cpu().numpy()
+
+    def probability(self, value: int) -> np.ndarray | None:
+        probability = self._softmax.get(value)
+        if probability is None:
+            return None
+        return probability_to_volume(probability, self._volume, self._spec).cpu().numpy()
+
+
+class _Regions:
+    """A sigmoid output read as independent regions that may overlap (channel i is label value i + 1)."""
+
+    def __init__(self, logits: torch.Tensor, volume: Volume, spec: InputSpec, probabilities: bool) -> None:
+        cut = math.log(spec.threshold / (1.0 - spec.threshold))  # sigmoid(x) > t  ⇔  x > logit(t)
+        self._masks = {channel + 1: labels_to_volume(logits[channel] > cut, volume, spec)
+                       for channel in range(logits.shape[0])}
+        self._probabilities = {
+            channel + 1: probability_to_volume(logits[channel].sigmoid(), volume, spec)
+            for channel in range(logits.shape[0])
+        } if probabilities else {}
+        self._voxels = volume.voxels.to(torch.float64)
+
+    def count(self, value: int) -> int:
+        mask = self._masks.get(value)
+        return 0 if mask is None else int(mask.sum())
+
+    def value_sum(self, value: int) -> float:
+        mask = self._masks[value]
+        return float(self._voxels[mask.to(self._voxels.device)].sum())
+
+    def mask(self, value: int) -> np.ndarray:
+        return self._masks[value].cpu().numpy()
+
+    def probability(self, value: int) -> np.ndarray | None:
+        probability = self._probabilities.get(value)
+        return None if probability is None else probability.cpu().numpy()
 
 
 def _finding_site(label: LabelSpec, finding: Code) -> tuple[Code | None, Code | None]:
