@@ -24,6 +24,12 @@ class Code:
         if not self.value or not self.scheme or not self.meaning:
             raise ValueError(f"a code needs a value, a scheme and a meaning, got {self!r}")
 
+    @classmethod
+    def parse(cls, text: str, meaning: str) -> Code:
+        """``SCHEME:VALUE`` as the YAML and the label tables write it (``SCT:39607008``) → Code."""
+        scheme, _, value = text.partition(":")
+        return cls(value, scheme, meaning)
+
 
 # --- Segmented property categories (CID 7150) -------------------------------------------------
 # 91723000 is the CID 7150 code; 123037004 ("Body structure") is an older value no CID lists now.
@@ -84,47 +90,6 @@ PRESENT = Code("52101004", "SCT", "Present")  # CID 240 / 241
 ABSENT = Code("272519000", "SCT", "Absent")  # CID 240 / 241
 PROBABILITY = Code("122157", "DCM", "Probability")  # PS3.16 Annex D
 UNIT_NO_UNITS = Code("1", "UCUM", "no units")  # CID 7181: a probability in [0, 1]
-
-# --- ChestX-ray14 labels (Wang et al., CVPR 2017; NIH Clinical Center) -------------------------
-# Where PS3.16 lists a concept (checked against the code dictionary shipped in pydicom 3.0.2,
-# generated from PS3.16 Annex D and the CIDs named), it is used; the others are SNOMED CT
-# International Edition concept IDs for the same disorder, taken from the SNOMED CT browser as
-# remembered and cross-checked against several public label maps: they could NOT be verified
-# offline here and are marked "SNOMED CT, not in PS3.16" — check them against a SNOMED CT release
-# before clinical use. No SNOMED CT concept for "pleural thickening" could be confirmed, so it is
-# coded in radnode's private scheme rather than guessed.
-ATELECTASIS = Code("46621007", "SCT", "Atelectasis")  # SNOMED CT, not in PS3.16
-CARDIOMEGALY = Code("287272002", "SCT", "Cardiomegaly")  # CID 12248
-PLEURAL_EFFUSION = Code("60046008", "SCT", "Pleural effusion")  # CID 645, CID 8134
-INFILTRATE = Code("112121", "DCM", "Infiltrate")  # CID 6102 / 6104
-MASS = Code("4147007", "SCT", "Mass")  # CID 6102 / 6104, CID 7151
-NODULE = Code("27925004", "SCT", "Nodule")  # CID 6102 / 6104, CID 7151
-PNEUMONIA = Code("233604007", "SCT", "Pneumonia")  # SNOMED CT, not in PS3.16
-PNEUMOTHORAX = Code("36118008", "SCT", "Pneumothorax")  # CID 6102 / 6105
-CONSOLIDATION = Code("95436008", "SCT", "Lung consolidation")  # SNOMED CT, not in PS3.16
-PULMONARY_EDEMA = Code("19242006", "SCT", "Pulmonary edema")  # CID 3700
-EMPHYSEMA = Code("87433001", "SCT", "Pulmonary emphysema")  # SNOMED CT, not in PS3.16
-FIBROSIS = Code("112674009", "SCT", "Fibrosis")  # CID 6335 (with finding site Lung)
-PLEURAL_THICKENING = Code("PLTHICK", PRIVATE_SCHEME, "Pleural thickening")  # see above
-HIATAL_HERNIA = Code("84089009", "SCT", "Hiatal hernia")  # SNOMED CT, not in PS3.16
-
-#: The 14 ChestX-ray14 labels in the dataset's order, by the label names its CSV uses.
-CHESTXRAY14: dict[str, Code] = {
-    "Atelectasis": ATELECTASIS,
-    "Cardiomegaly": CARDIOMEGALY,
-    "Effusion": PLEURAL_EFFUSION,
-    "Infiltration": INFILTRATE,
-    "Mass": MASS,
-    "Nodule": NODULE,
-    "Pneumonia": PNEUMONIA,
-    "Pneumothorax": PNEUMOTHORAX,
-    "Consolidation": CONSOLIDATION,
-    "Edema": PULMONARY_EDEMA,
-    "Emphysema": EMPHYSEMA,
-    "Fibrosis": FIBROSIS,
-    "Pleural_Thickening": PLEURAL_THICKENING,
-    "Hernia": HIATAL_HERNIA,
-}
 
 # --- Text reports (Comprehensive SR) -----------------------------------------------------------
 DIAGNOSTIC_IMAGING_REPORT = Code("18748-4", "LN", "Diagnostic imaging report")  # CID 7000

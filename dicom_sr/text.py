@@ -9,7 +9,8 @@ radiologist's. Content tree (TID 2000-like; PS3.16)::
     │   ├── TID 4019 algorithm identification (name, version, model sha256)
     │   └── TEXT  <heading of each ReportText> (e.g. Finding DCM 121071, Impression DCM 121073)
 
-The document is COMPLETE, UNVERIFIED and PRELIMINARY: a person must still sign it.
+The document is COMPLETE, UNVERIFIED and PRELIMINARY: a person must still sign it. Its default
+Series Description starts with "AI draft report (unverified)", for viewers that show only that.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ from dicom_sr.sr import (
 if TYPE_CHECKING:  # annotations only: inference.findings imports dicom_sr.codes
     from inference.findings import Findings
 
-__all__ = ["build_text_sr"]
+__all__ = ["MACHINE_GENERATED_PREFIX", "build_text_sr"]
 
 _LO_MAX_LENGTH = 64
+#: Start of the default Series Description: the viewer's series list says what the text is.
+MACHINE_GENERATED_PREFIX = "AI draft report (unverified)"
 
 
 def build_text_sr(
@@ -64,7 +67,8 @@ def build_text_sr(
     algorithm = findings.algorithm
     procedure = _procedure_reported(source, findings.procedure_reported)
     if series_description is None:
-        series_description = f"{algorithm.name} {algorithm.version} report"[:_LO_MAX_LENGTH]
+        series_description = f"{MACHINE_GENERATED_PREFIX}: {algorithm.name} {algorithm.version}"
+        series_description = series_description[:_LO_MAX_LENGTH]
     with _highdicom_encoding("text report"):
         section = hd.sr.ContainerContentItem(
             name=coded_concept(codes.FINDINGS),

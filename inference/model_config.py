@@ -207,7 +207,7 @@ class ImageInputSpec(_Section):
     @model_validator(mode="before")
     @classmethod
     def _imagenet_by_default(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("channels", 3) == 3 and "mean" not in data and "std" not in data:
+        if isinstance(data, dict) and data.get("channels", 3) == 3 and not {"mean", "std"} & data.keys():
             return {**data, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
         return data
 

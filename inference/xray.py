@@ -5,10 +5,13 @@ LUT), then the VOI LUT or window the modality chose (PS3.3 C.11.2), then the pho
 interpretation (MONOCHROME1: low values are white) together say what a radiologist sees. A
 classifier trained on exported images (ChestX-ray14's PNGs, CheXpert's JPEGs) saw exactly that
 display, so :func:`load_radiograph` reproduces it: values in [0, 1], 1 = white, bone bright.
+:func:`load_radiograph_series` reads a stored CR/DX series into the frontal views a chest
+classifier or report generator reads.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -21,9 +24,14 @@ from pydicom.pixels import apply_modality_lut, apply_voi
 
 from inference.errors import NotApplicable, RadiographError
 
-__all__ = ["Radiograph", "load_radiograph"]
+__all__ = ["FRONTAL_VIEWS", "Radiograph", "RadiographSeries", "load_radiograph", "load_radiograph_series"]
 
 RADIOGRAPH_MODALITIES = ("CR", "DX")
+FRONTAL_VIEWS = ("PA", "AP")
+"""View Position (0018,5101) values of frontal chest views; the classifiers are trained on these."""
+# Body Part Examined values of a chest radiograph (PS3.16 Annex L defined term CHEST, and what
+# modalities write in its place)
+_CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
 # DX "For Processing" SOP classes: raw detector values, before the vendor's image processing
 _FOR_PROCESSING = {
     "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
@@ -158,3 +166,72 @@ def _spacing(ds: Dataset) -> tuple[tuple[float, float] | None, SpacingSource | N
 def _first(value: float | MultiValue) -> float:
     """Window Center/Width may hold several windows; the first is the modality's default."""
     return float(value[0]) if isinstance(value, MultiValue) else float(value)
+
+
+@dataclass(frozen=True)
+class RadiographSeries:
+    """The frontal radiographs of one series, in Instance Number order, and their headers.
+
+    ``headers[i]`` is the dataset of ``images[i]`` without its Pixel Data: the source a result
+    references (SR evidence, source images).
+    """
+
+    images: tuple[Radiograph, ...]
+    headers: tuple[Dataset, ...]
+
+    def __post_init__(self) -> None:
+        if not self.images or len(self.images) != len(self.headers):
+            raise ValueError(f"a radiograph series needs one header per image and at least one image; got "
+                             f"{len(self.images)} images and {len(self.headers)} headers")
+
+    @property
+    def modality(self) -> str:
+        return self.images[0].modality
+
+    @property
+    def series_instance_uid(self) -> str:
+        return str(self.headers[0].SeriesInstanceUID)
+
+    @property
+    def sop_instance_uids(self) -> tuple[str, ...]:
+        return tuple(image.sop_instance_uid for image in self.images)
+
+
+def load_radiograph_series(paths: Sequence[Path]) -> RadiographSeries:
+    """Read the CR/DX series stored at ``paths`` and keep its frontal chest views.
+
+    A frontal view has View Position PA or AP, or none (many CR plates do not say; a chest
+    classifier is then the admin's routing choice). Raises NotApplicable for a series that is not
+    CR/DX, not of the chest, or has lateral (or other) views only, and RadiographError (from
+    :func:`load_radiograph`) for a frontal image that cannot be used.
+    """
+    if not paths:
+        raise RadiographError("the series has no stored instances")
+    datasets = sorted((pydicom.dcmread(path) for path in paths),
+                      key=lambda ds: (int(ds.get("InstanceNumber") or 0), str(ds.get("SOPInstanceUID", ""))))
+    first = datasets[0]
+    series = str(first.get("SeriesInstanceUID", "?"))
+    modality = str(first.get("Modality", ""))
+    if modality not in RADIOGRAPH_MODALITIES:
+        raise NotApplicable(f"series {series} is {modality or 'of no modality'}, not a radiograph (CR or DX)")
+    body_part = str(first.get("BodyPartExamined", "") or "").upper()
+    if body_part and body_part not in _CHEST_BODY_PARTS:
+        raise NotApplicable(f"series {series} shows Body Part {body_part}, not the chest "
+                            f"({', '.join(_CHEST_BODY_PARTS)}); the pipeline reads chest radiographs")
+    frontal = [ds for ds in datasets if str(ds.get("ViewPosition", "") or "").upper() in ("", *FRONTAL_VIEWS)]
+    if not frontal:
+        views = sorted({str(ds.ViewPosition) for ds in datasets})
+        raise NotApplicable(f"series {series} has only {', '.join(views)} views; the pipeline reads frontal "
+                            f"chest radiographs ({' or '.join(FRONTAL_VIEWS)})")
+    images = tuple(load_radiograph(ds) for ds in frontal)
+    return RadiographSeries(images=images, headers=tuple(_without_pixels(ds) for ds in frontal))
+
+
+def _without_pixels(ds: Dataset) -> Dataset:
+    """The header of ``ds``: decoded pixels live in the Radiograph, a header need not hold them twice."""
+    header = Dataset(ds)  # a shallow copy: the elements are shared, the element set is not
+    header.file_meta = ds.file_meta
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in header:
+            delattr(header, keyword)
+    return header

@@ -14,7 +14,11 @@ time on every instance, and are changed here by subclassing, not by patching pyn
   socket nor its queue of outgoing primitives had anything, which delays each request and each
   response by up to that sleep (1 ms), or, with a shorter sleep, spends the CPU on polling:
   :class:`ReceivingSocket` waits in ``select`` on the socket *and* on a wake-up pipe that the
-  queue of outgoing primitives writes to, so the DUL sleeps until there is work and starts it at once.
+  queue of outgoing primitives writes to, so the DUL sleeps until there is work and starts it at once;
+- each C-STORE response is built as a pydicom Dataset, encoded element by element and framed
+  (0.9 ms of the ~7 ms a CT slice took): :class:`RespondingDIMSE` writes its seven elements
+  straight to bytes (:func:`store_response_command`), the same bytes pynetdicom would send,
+  and leaves every other message, and any response with an error comment, to pynetdicom.
 
 Everything else (state machine, negotiation, events, timeouts, TLS) is pynetdicom's own.
 """
@@ -27,15 +31,23 @@ import os
 import queue
 import select
 import ssl
+import struct
 import threading
 import weakref
 from typing import Any, cast
 
 from pynetdicom import AE, evt
+from pynetdicom._handlers import standard_dimse_sent_handler
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-__all__ = ["ReceivingAssociation", "ReceivingSocket", "start_receiving_server"]
+__all__ = [
+    "ReceivingAssociation", "ReceivingSocket", "RespondingDIMSE", "start_receiving_server",
+    "store_response_command",
+]
 
 # pynetdicom's association log, so that radnode's associations log as any other pynetdicom one
 LOGGER = logging.getLogger("pynetdicom.association")
@@ -163,6 +175,59 @@ class ReceivingAssociation(Association):
                 return
 
 
+_C_STORE_RSP = 0x8001
+_NO_DATA_SET = 0x0101
+_LAST_COMMAND_FRAGMENT = b"\x03"  # message control header: command, last fragment (PS3.8 E.2)
+
+
+def _element(element: int, value: bytes) -> bytes:
+    """One command element, Implicit VR Little Endian (the command set's encoding, PS3.7 6.3.1)."""
+    return struct.pack("<HHI", 0x0000, element, len(value)) + value
+
+
+def _uid(value: str) -> bytes:
+    encoded = value.encode("ascii")
+    return encoded + b"\0" if len(encoded) % 2 else encoded
+
+
+def store_response_command(rsp: C_STORE) -> bytes | None:
+    """The encoded command set of a C-STORE response (PS3.7 9.3.1.2), or None when it carries more
+    than status and UIDs (an error comment or offending element: pynetdicom encodes those)."""
+    if rsp.MessageIDBeingRespondedTo is None or rsp.Status is None:
+        return None
+    if rsp.ErrorComment or rsp.OffendingElement:
+        return None
+    body = b"".join((
+        _element(0x0002, _uid(rsp.AffectedSOPClassUID)) if rsp.AffectedSOPClassUID else b"",
+        _element(0x0100, struct.pack("<H", _C_STORE_RSP)),
+        _element(0x0120, struct.pack("<H", rsp.MessageIDBeingRespondedTo)),
+        _element(0x0800, struct.pack("<H", _NO_DATA_SET)),
+        _element(0x0900, struct.pack("<H", rsp.Status)),
+        _element(0x1000, _uid(rsp.AffectedSOPInstanceUID)) if rsp.AffectedSOPInstanceUID else b"",
+    ))
+    return _element(0x0000, struct.pack("<I", len(body))) + body
+
+
+class RespondingDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider; a plain C-STORE response goes out as bytes built directly."""
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        command = store_response_command(primitive) if isinstance(primitive, C_STORE) else None
+        limit = self.maximum_pdu_size  # 0: no limit; a PDV adds 6 bytes to its fragment
+        if command is None or 0 < limit < len(command) + 6 or self._sent_handlers_bound():
+            super().send_msg(primitive, context_id)
+            return
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, _LAST_COMMAND_FRAGMENT + cast(bytes, command)))
+        self.dul.send_pdu(pdata)
+
+    def _sent_handlers_bound(self) -> bool:
+        """Whether anything but pynetdicom's logging handler (which logs nothing for a C-STORE
+        response) listens for sent messages: those need pynetdicom's message object."""
+        return any(handler is not standard_dimse_sent_handler
+                   for handler, _ in self.assoc.get_handlers(evt.EVT_DIMSE_SENT))
+
+
 class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
     """The DUL's queue of outgoing primitives; each put wakes the DUL's wait on the socket."""
 
@@ -185,6 +250,7 @@ class _ReceivingRequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         assoc.__class__ = ReceivingAssociation
+        assoc.dimse.__class__ = RespondingDIMSE
         sock = cast(ReceivingSocket, assoc.dul.socket)
         sock.__class__ = ReceivingSocket
         sock.enable_wakeup()

@@ -27,7 +27,7 @@ from dicom_sr.seg import EncodingError, build_seg
 from dicom_sr.sr import build_sr
 from dicom_sr.text import build_text_sr
 from dicom_sr.uids import ResultKind, result_uids
-from inference.errors import ModelError, NotApplicable, VolumeError
+from inference.errors import InferenceError, NotApplicable
 from inference.findings import Findings
 from inference.pipelines import UnknownPipeline, create
 from inference.registration import onto_grid
@@ -147,7 +147,7 @@ class JobRunner:
         except NotApplicable as exc:
             self._finish(job_id, JobState.NOT_APPLICABLE, f"not applicable: {exc}")
             return
-        except (VolumeError, UnknownPipeline, ModelError) as exc:
+        except (InferenceError, UnknownPipeline) as exc:  # the series, radiograph or model; says which
             self._finish(job_id, JobState.FAILED, str(exc))
             return
         except EncodingError as exc:
@@ -198,8 +198,13 @@ class JobRunner:
     def _encode(
         self, work: _Work, version: str, source: Volume | RadiographSeries, findings: Findings
     ) -> list[tuple[str, Dataset]]:
-        """Every object the findings call for: SEG, TID 1500 SR, text SR; SC when a destination wants it."""
-        headers = source.headers
+        """Every object the findings call for: SEG, TID 1500 SR, text SR; SC when a destination wants it.
+
+        The objects reference the images the findings come from (a report generator reads one of a
+        series' radiographs), in the source's order.
+        """
+        used = set(findings.source_sop_instance_uids)
+        headers = [header for header in source.headers if header.SOPInstanceUID in used]
         options = self.config.pipeline_options(work.pipeline)
 
         def uids(kind: ResultKind, variant: str = "") -> dict[str, str]:

@@ -112,6 +112,7 @@ def _health(db: Database, config: Config) -> str:
     cards = [
         ("queue depth (jobs queued)", by_state[JobState.QUEUED]),
         ("jobs running", by_state[JobState.RUNNING]),
+        ("study jobs waiting for series", by_state[JobState.WAITING]),
         ("jobs failed", by_state[JobState.FAILED]),
         ("spool free", f"{disk.free / 2**30:.1f} GiB of {disk.total / 2**30:.0f}"),
     ]

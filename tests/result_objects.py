@@ -20,12 +20,14 @@ import numpy as np
 import pydicom
 
 from dicom_sr import codes
+from dicom_sr.codes import Code
 from dicom_sr.sc import build_sc
 from dicom_sr.seg import SegType, build_seg
 from dicom_sr.sr import build_sr
 from dicom_sr.text import build_text_sr
 from dicom_sr.uids import ResultKind, result_uids
 from inference.findings import Algorithm, Classification, Findings, ReportText, Segment
+from inference.labels import load_finding_table
 from tests.dicom_files import dicom_files_under
 from tests.test_seg import ALGORITHM, load_chest_ct, lung_findings
 
@@ -93,13 +95,14 @@ def tilted_head_findings(headers: list[pydicom.Dataset], hu: np.ndarray) -> Find
 
 def chest_x_ray_findings(dx: pydicom.Dataset) -> Findings:
     """What a ChestX-ray14 classifier and a report generator say about one radiograph."""
-    probabilities = np.linspace(0.02, 0.91, len(codes.CHESTXRAY14))
+    findings = [Code.parse(f.code, f.meaning) for _, f in sorted(load_finding_table("chestxray14").items())]
+    probabilities = np.linspace(0.02, 0.91, len(findings))
     return Findings(
         algorithm=CXR_ALGORITHM,
         source_sop_instance_uids=(dx.SOPInstanceUID,),
         classifications=tuple(
             Classification(code, float(p), bool(p >= 0.5), finding_site=codes.CHEST)
-            for code, p in zip(codes.CHESTXRAY14.values(), probabilities, strict=True)
+            for code, p in zip(findings, probabilities, strict=True)
         ),
         report_text=(
             ReportText(codes.FINDING, "Heart size at the upper limit of normal. Small left pleural "

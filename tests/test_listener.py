@@ -241,3 +241,36 @@ def test_open_association_keeps_its_series_busy_until_released(
     assert node.tracker.busy_series() == {series_uid}
     assoc.release()
     wait_for(node.tracker.busy_series, until=lambda busy: not busy, timeout=5, what="release")
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "sop_instance", "status"),
+    [
+        (CTImageStorage, "1.2.826.0.1.3680043.8.498.1", StoreStatus.SUCCESS),  # odd length: padded
+        (CTImageStorage, "1.2.826.0.1.3680043.8.498.12", 0xB000),  # even length; a warning
+        (None, "1.2.3", StoreStatus.SUCCESS),  # the UIDs are optional in a response
+        (CTImageStorage, None, StoreStatus.OUT_OF_RESOURCES),
+    ],
+)
+def test_store_response_written_directly_is_byte_for_byte_pynetdicoms(
+    sop_class: str | None, sop_instance: str | None, status: int
+) -> None:
+    from pynetdicom.dimse_messages import C_STORE_RSP
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.dsutils import encode
+
+    from node.acceptor import store_response_command
+
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 65535
+    if sop_class:
+        rsp.AffectedSOPClassUID = sop_class
+    if sop_instance:
+        rsp.AffectedSOPInstanceUID = sop_instance
+    rsp.Status = status
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+
+    assert store_response_command(rsp) == encode(message.command_set, True, True)
+    rsp.ErrorComment = "Out of resources"  # more than status and UIDs: left to pynetdicom
+    assert store_response_command(rsp) is None

@@ -13,8 +13,9 @@ class Backend(Protocol):
     """Runs one network on batches of patches.
 
     ``__call__`` takes a float32 tensor (N, C, z, y, x) on any device and returns float32 logits
-    (N, K, z, y, x) on :attr:`device`; the sliding window and the pipelines see nothing else, so a
-    model behaves the same whichever backend runs it. ``describe`` is the line the worker logs.
+    (N, K, z, y, x) on :attr:`device` (a radiograph network: (N, C, rows, columns) → (N, K)); the
+    sliding window and the pipelines see nothing else, so a model behaves the same whichever
+    backend runs it. ``describe`` is the line the worker logs.
     """
 
     name: str

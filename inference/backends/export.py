@@ -17,6 +17,7 @@ import torch
 
 from inference.errors import BackendUnavailable
 from inference.formats.base import ModelSource
+from inference.model_config import InputSpec
 
 __all__ = ["INPUT_NAME", "ONNX_OPSET", "OUTPUT_NAME", "onnx_for"]
 
@@ -47,7 +48,10 @@ def onnx_for(source: ModelSource, cache_dir: Path) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    example = torch.zeros((1, source.input.channels, *source.input.patch_size), dtype=torch.float32)
+    example = torch.zeros(source.input.batch_shape(1), dtype=torch.float32)
+    # a radiograph network takes images of one size and gives one value per output: only the batch varies
+    axes_in, axes_out = (_DYNAMIC_AXES, _DYNAMIC_AXES) if isinstance(source.input, InputSpec) else \
+        ({0: "batch"}, {0: "batch"})
     try:
         with warnings.catch_warnings():
             for message in _EXPORTER_NOISE:
@@ -59,7 +63,7 @@ def onnx_for(source: ModelSource, cache_dir: Path) -> Path:
             torch.onnx.export(
                 source.build_module(), (example,), str(partial), dynamo=False,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=ONNX_OPSET,
-                dynamic_axes={INPUT_NAME: _DYNAMIC_AXES, OUTPUT_NAME: _DYNAMIC_AXES},
+                dynamic_axes={INPUT_NAME: axes_in, OUTPUT_NAME: axes_out},
             )
     except (RuntimeError, TypeError, ValueError, torch.onnx.errors.OnnxExporterError) as exc:
         partial.unlink(missing_ok=True)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from inference.errors import BackendUnavailable
-from inference.model_config import InputSpec
+from inference.model_config import ImageInputSpec, InputSpec
 
 __all__ = ["WORKSPACE_BYTES", "TensorRTBackend", "engine_key"]
 
@@ -33,11 +33,12 @@ WORKSPACE_BYTES = 4 << 30
 """Scratch memory TensorRT may use while choosing kernels (the built engine needs far less)."""
 
 
-def engine_key(sha256: str, tensorrt_version: str, gpu_name: str, precision: str, spec: InputSpec) -> str:
+def engine_key(sha256: str, tensorrt_version: str, gpu_name: str, precision: str,
+               spec: InputSpec | ImageInputSpec) -> str:
     """Everything a serialized engine depends on, as one line (hashed into its file name)."""
-    z, y, x = spec.patch_size
+    patch = "x".join(map(str, spec.batch_shape(1)[2:]))
     return (f"model={sha256} tensorrt={tensorrt_version} gpu={gpu_name} precision={precision} "
-            f"profile=channels{spec.channels}:patch{z}x{y}x{x}:batch1-{spec.batch_size}")
+            f"profile=channels{spec.channels}:patch{patch}:batch1-{spec.batch_size}")
 
 
 class TensorRTBackend:
@@ -48,7 +49,7 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, onnx_path: Path, sha256: str, spec: InputSpec, device: torch.device,
+    def __init__(self, onnx_path: Path, sha256: str, spec: InputSpec | ImageInputSpec, device: torch.device,
                  precision: str, cache_dir: Path) -> None:
         if device.type != "cuda" or not torch.cuda.is_available():
             raise BackendUnavailable("TensorRT needs a CUDA device; this worker runs on the CPU")
@@ -84,7 +85,7 @@ class TensorRTBackend:
         self._output_dtype = torch.float16 if self._engine.get_tensor_dtype(self._output) == trt.float16 \
             else torch.float32
 
-    def _build(self, onnx_path: Path, spec: InputSpec) -> Any:
+    def _build(self, onnx_path: Path, spec: InputSpec | ImageInputSpec) -> Any:
         trt = self._trt
         builder = trt.Builder(self._logger)
         network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
@@ -104,7 +105,7 @@ class TensorRTBackend:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 config.set_flag(trt.BuilderFlag.FP16)
         profile = builder.create_optimization_profile()
-        patch = (spec.channels, *spec.patch_size)
+        patch = spec.batch_shape(1)[1:]
         profile.set_shape(network.get_input(0).name, (1, *patch), (spec.batch_size, *patch),
                           (spec.batch_size, *patch))
         config.add_optimization_profile(profile)

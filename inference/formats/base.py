@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from inference.model_config import InputSpec, LabelSpec
+from inference.model_config import ImageInputSpec, InputSpec, LabelSpec
 
 __all__ = ["ModelSource"]
 
@@ -21,11 +21,12 @@ class ModelSource:
     ``onnx_path`` is the ONNX form when the file is one (backends that need ONNX export the module
     into their cache otherwise). ``class_names`` are the names the model itself gives its outputs
     (nnU-Net's dataset.json, a bundle's metadata), ``labels`` the coded classes from the YAML.
+    ``input`` is a segmentation network's 3-D patch, or a radiograph network's 2-D image.
     """
 
     name: str
     sha256: str
-    input: InputSpec
+    input: InputSpec | ImageInputSpec
     labels: dict[int, LabelSpec]
     build_module: Callable[[], torch.nn.Module] | None
     onnx_path: Path | None = None

@@ -10,12 +10,12 @@ from inference.model_config import ModelConfig
 
 __all__ = ["open_source"]
 
-INPUT_RANK = 5
-"""Inputs are (batch, channel, slice, row, column) patches."""
+_AXES = {5: "(batch, channel, slice, row, column)", 4: "(batch, channel, row, column)"}
+"""Input axes: a segmentation network's 3-D patches, a radiograph network's 2-D images."""
 
 
 def open_source(name: str, config: ModelConfig, sha256: str) -> ModelSource:
-    """Check the file is a valid ONNX graph with one 5-D input, so a broken file fails at load."""
+    """Check the file is a valid ONNX graph with one input of its task's rank: a broken file fails at load."""
     path = config.file
     try:
         onnx.checker.check_model(str(path))  # the path form also checks external data files
@@ -27,17 +27,19 @@ def open_source(name: str, config: ModelConfig, sha256: str) -> ModelSource:
         ) from exc
     initializers = {tensor.name for tensor in graph.initializer}
     inputs = [value for value in graph.input if value.name not in initializers]
-    if len(inputs) != 1 or len(inputs[0].type.tensor_type.shape.dim) != INPUT_RANK:
+    spec = config.network_input
+    assert spec is not None  # ModelConfig requires input (or image) for ONNX
+    rank = len(spec.batch_shape(1))
+    if len(inputs) != 1 or len(inputs[0].type.tensor_type.shape.dim) != rank:
         shapes = [len(value.type.tensor_type.shape.dim) for value in inputs]
         raise ModelFormatError(
-            f"model {name!r}: {path} must take one {INPUT_RANK}-D input (batch, channel, slice, row, "
-            f"column); it takes {len(inputs)} input(s) of rank {shapes}"
+            f"model {name!r}: {path} must take one {rank}-D input {_AXES[rank]} (a {config.task} "
+            f"model); it takes {len(inputs)} input(s) of rank {shapes}"
         )
-    assert config.input is not None  # ModelConfig requires input for ONNX
     return ModelSource(
         name=name,
         sha256=sha256,
-        input=config.input,
+        input=spec,
         labels=dict(config.labels),
         build_module=None,
         onnx_path=path,

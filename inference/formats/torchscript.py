@@ -21,11 +21,12 @@ __all__ = ["open_source"]
 def open_source(name: str, config: ModelConfig, sha256: str) -> ModelSource:
     """Load the file once to prove it is TorchScript; backends get a fresh copy each."""
     _load(name, config.file)
-    assert config.input is not None  # ModelConfig requires input for TorchScript
+    spec = config.network_input
+    assert spec is not None  # ModelConfig requires input (or image) for TorchScript
     return ModelSource(
         name=name,
         sha256=sha256,
-        input=config.input,
+        input=spec,
         labels=dict(config.labels),
         build_module=lambda: _load(name, config.file),
     )

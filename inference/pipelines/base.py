@@ -1,4 +1,8 @@
-"""The pipeline interface: preprocess → model(s) → postprocess → Findings."""
+"""The pipeline interfaces: preprocess → model(s) → postprocess → Findings.
+
+A :class:`Pipeline` takes a series as a Volume; a :class:`RadiographPipeline` (``takes =
+"radiographs"``) takes the frontal CR/DX images of a series (:func:`inference.xray.load_radiograph_series`).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ import torch
 
 from inference.findings import Findings
 from inference.volume import Volume
+from inference.xray import RadiographSeries
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "RadiographPipeline"]
 
 
 class Pipeline(Protocol):
@@ -24,4 +29,19 @@ class Pipeline(Protocol):
 
     def run(self, volume: Volume, device: torch.device) -> Findings:
         """Run on ``volume`` using ``device`` (CPU or CUDA) and return what was found."""
+        ...
+
+
+class RadiographPipeline(Protocol):
+    """Maps the frontal radiographs of a series to Findings (classifications, report text).
+
+    The job runner tells it from a :class:`Pipeline` by ``takes``; it raises NotApplicable like one.
+    """
+
+    name: str
+    version: str
+    takes: str  # "radiographs"
+
+    def run(self, series: RadiographSeries, device: torch.device) -> Findings:
+        """Run on ``series`` using ``device`` (CPU or CUDA) and return what was found."""
         ...
