@@ -16,6 +16,8 @@ import re
 import sys
 from datetime import UTC, datetime
 
+from pynetdicom import _config as pynetdicom_config
+
 from node.config import LoggingConfig
 
 __all__ = ["JsonFormatter", "configure_logging"]
@@ -52,5 +54,7 @@ def configure_logging(config: LoggingConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.level)
-    # pynetdicom logs every PDU at INFO; keep its warnings only
+    # pynetdicom logs every PDU at INFO; keep its warnings only, and do not even bind its handlers
+    # that describe each PDU and DIMSE message (work on every instance, for lines dropped here)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"

@@ -6,7 +6,7 @@ A :class:`Pipeline` takes a series as a Volume; a :class:`RadiographPipeline` (`
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -14,7 +14,13 @@ from inference.findings import Findings
 from inference.volume import Volume
 from inference.xray import RadiographSeries
 
-__all__ = ["Pipeline", "RadiographPipeline"]
+if TYPE_CHECKING:
+    from inference.registry import ModelRegistry
+
+__all__ = ["VERSION_DIGITS", "ModelPipeline", "Pipeline", "RadiographPipeline"]
+
+VERSION_DIGITS = 12
+"""Without a configured version, a model pipeline's version is this many hex digits of the model's SHA-256."""
 
 
 class Pipeline(Protocol):
@@ -45,3 +51,15 @@ class RadiographPipeline(Protocol):
     def run(self, series: RadiographSeries, device: torch.device) -> Findings:
         """Run on ``series`` using ``device`` (CPU or CUDA) and return what was found."""
         ...
+
+
+class ModelPipeline:
+    """What every pipeline of a YAML-defined model shares: model ``model`` of the worker's
+    ``registry`` (kept warm between jobs), versioned ``version`` or by the model's SHA-256, so a
+    new model file gives new result UIDs."""
+
+    def __init__(self, name: str, model: str, registry: ModelRegistry, version: str | None = None) -> None:
+        self.name = name
+        self.model = model
+        self.registry = registry
+        self.version = version or registry.config(model).sha256[:VERSION_DIGITS]

@@ -19,24 +19,17 @@ from dicom_sr.codes import Code
 from inference.errors import ModelError
 from inference.findings import Algorithm, Classification, Findings
 from inference.model_config import ImageInputSpec
-from inference.pipelines.segmentation import VERSION_DIGITS
+from inference.pipelines.base import ModelPipeline
 from inference.radiograph_input import network_input
-from inference.registry import ModelRegistry
 from inference.xray import Radiograph, RadiographSeries
 
 __all__ = ["ClassificationPipeline"]
 
 
-class ClassificationPipeline:
+class ClassificationPipeline(ModelPipeline):
     """Classifies the frontal radiographs of a series with model ``model`` of ``registry``."""
 
     takes = "radiographs"
-
-    def __init__(self, name: str, model: str, registry: ModelRegistry, version: str | None = None) -> None:
-        self.name = name
-        self.model = model
-        self.registry = registry
-        self.version = version or registry.config(model).sha256[:VERSION_DIGITS]
 
     def run(self, series: RadiographSeries, device: torch.device) -> Findings:
         """Classify ``series``; the model runs on the registry's device (the worker's, ``device``)."""

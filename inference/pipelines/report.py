@@ -14,24 +14,17 @@ import torch
 from dicom_sr import codes
 from inference.errors import ModelError
 from inference.findings import Algorithm, Findings, ReportText
-from inference.pipelines.segmentation import VERSION_DIGITS
-from inference.registry import ModelRegistry
+from inference.pipelines.base import ModelPipeline
 from inference.report_generators import open_generator
 from inference.xray import RadiographSeries
 
 __all__ = ["ReportPipeline"]
 
 
-class ReportPipeline:
+class ReportPipeline(ModelPipeline):
     """Writes a draft report of a series' first frontal radiograph with model ``model`` of ``registry``."""
 
     takes = "radiographs"
-
-    def __init__(self, name: str, model: str, registry: ModelRegistry, version: str | None = None) -> None:
-        self.name = name
-        self.model = model
-        self.registry = registry
-        self.version = version or registry.config(model).sha256[:VERSION_DIGITS]
 
     def run(self, series: RadiographSeries, device: torch.device) -> Findings:
         """Report on ``series``; the model runs on the registry's device (the worker's, ``device``)."""
