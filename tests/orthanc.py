@@ -6,7 +6,7 @@ its storage and its log (``orthanc.log``) in that folder, so a failing test leav
 
     with Orthanc(tmp_path, modalities={"radnode": ("RADNODE", "127.0.0.1", port)}) as pacs:
         ids = pacs.upload_folder(ct_dir)
-        pacs.send_to_modality("radnode", [pacs.find_study(study_uid)])
+        pacs.send_study("radnode", study_uid)
         wait_for(lambda: pacs.series_of_study(study_id), until=lambda s: len(s) == 2)
 
 Errors::
@@ -404,6 +404,13 @@ class Orthanc(ServerProcess):
         if answer.get("FailedInstancesCount", 0):
             raise OrthancError(f"C-STORE to {modality_name} failed for some instances: {answer}")
         return answer
+
+    def send_study(self, modality_name: str, study_instance_uid: str) -> str:
+        """C-STORE the stored study ``study_instance_uid`` to a modality; return its Orthanc id."""
+        study_id = self.find_study(study_instance_uid)
+        assert study_id is not None, f"study {study_instance_uid} is not in Orthanc"
+        self.send_to_modality(modality_name, [study_id])
+        return study_id
 
     def study_ids(self) -> list[str]:
         """Orthanc ids of every stored study (``GET /studies``)."""

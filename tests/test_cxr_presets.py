@@ -408,9 +408,7 @@ def test_chest_radiograph_routed_from_orthanc_comes_back_with_findings_and_draft
 
     with node:
         pacs.upload(CR_FILE)
-        study_id = pacs.find_study(study_uid)
-        assert study_id is not None
-        pacs.send_to_modality("radnode", [study_id])
+        study_id = pacs.send_study("radnode", study_uid)
         start = time.monotonic()
         results = wait_for(lambda: _results(pacs, study_id), timeout=RESULT_TIMEOUT_S, interval=1.0,
                            until=lambda found: len(found) == 2, what="findings SR and report SR in Orthanc")

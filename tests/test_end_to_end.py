@@ -73,9 +73,7 @@ def test_ct_study_sent_by_orthanc_comes_back_as_seg_and_sr_in_the_same_study(
 
     with node:
         pacs.upload_folder(chest_ct_dir)
-        study_id = pacs.find_study(study_uid)
-        assert study_id is not None
-        pacs.send_to_modality("radnode", [study_id])
+        study_id = pacs.send_study("radnode", study_uid)
         last_instance_sent = time.monotonic()
         results = wait_for(
             lambda: pacs.result_files(study_id),

@@ -197,9 +197,7 @@ def test_lung_unet_study_routed_from_orthanc_comes_back_as_coded_seg_and_sr(
 
     with node:
         pacs.upload_folder(chest_ct_dir)
-        study_id = pacs.find_study(study_uid)
-        assert study_id is not None
-        pacs.send_to_modality("radnode", [study_id])
+        study_id = pacs.send_study("radnode", study_uid)
         start = time.monotonic()
         results = wait_for(lambda: pacs.result_files(study_id), timeout=RESULT_TIMEOUT_S, interval=1.0,
                            until=lambda found: "SEG" in found and "SR" in found,

@@ -261,7 +261,7 @@ def test_input_spec_comes_from_the_plans_in_volume_axis_order(results_folder: Pa
     assert spec.spacing_mm == (5.0, 0.84, 0.84)
     assert spec.orientation is None  # SimpleITKIO: the volume's own axis order
     assert spec.normalization.model_dump() == {"kind": "fixed", "low": -1000.0, "high": 900.0,
-                                               "mean": -350.0, "std": 420.0}
+                                               "mean": -350.0, "std": 420.0, "nonzero": False}
 
 
 def test_class_names_come_from_dataset_json(results_folder: Path) -> None:

@@ -18,7 +18,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pydicom
 import pytest
 import torch
@@ -223,8 +222,8 @@ def test_inputs_are_checked_when_the_configuration_is_read(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"pipelines\.brain-tumor\.inputs: the first input \(T1c\) is the "
                                           r"reference grid: it must be required"):
         parse_config(first_optional, base=tmp_path)
-    with pytest.raises(ConfigError, match=r"pipelines\.brain-tumor\.inputs\.3\.match: 'SeriesDescriptionn' is "
-                                          r"not a DICOM attribute keyword"):
+    misspelt = r"inputs\.3\.match: 'SeriesDescriptionn' is not a DICOM attribute keyword"
+    with pytest.raises(ConfigError, match=r"pipelines\.brain-tumor\." + misspelt):
         parse_config(text.replace("{SeriesDescription: {regex: \"flair\"",
                                   "{SeriesDescriptionn: {regex: \"flair\""), base=tmp_path)
     with pytest.raises(ValidationError, match="input names must differ: T1 repeated"):
@@ -303,9 +302,7 @@ def test_brain_tumor_study_from_orthanc_comes_back_as_one_seg_on_the_t1c_grid_wi
     with node:
         for folder in study.values():
             pacs.upload_folder(folder)
-        study_id = pacs.find_study(study_uid)
-        assert study_id is not None
-        pacs.send_to_modality("radnode", [study_id])
+        study_id = pacs.send_study("radnode", study_uid)
         start = time.monotonic()
         results = wait_for(lambda: pacs.result_files(study_id), timeout=RESULT_TIMEOUT_S, interval=1.0,
                            until=lambda found: "SEG" in found and "SR" in found,

@@ -143,7 +143,8 @@ class _Bundle:
             base = transforms.strip().lstrip("$@")
             transforms = self.parser.get(base)
         if not isinstance(transforms, list):
-            raise self.error("preprocessing must be a Compose with a list of transforms (or a reference to one)")
+            raise self.error("preprocessing must be a Compose with a list of transforms (or a reference to "
+                             "one)")
         for index, transform in enumerate(transforms):
             target = str(transform.get("_target_", "")) if isinstance(transform, dict) else ""
             kind = target.rsplit(".", 1)[-1]
@@ -273,7 +274,7 @@ def _weights_loader(name: str, folder: Path, bundle: _Bundle,
 
 
 def _everything(bundle: _Bundle, network: torch.nn.Module, class_names: dict[int, str]) -> torch.nn.Module:
-    """VISTA3D asked for the bundle's ``everything_labels`` (without them: every class metadata.json names)."""
+    """VISTA3D asked for the bundle's ``everything_labels`` (else every class metadata.json names)."""
     labels = bundle.value("everything_labels") or list(class_names)
     try:
         return EverythingSegmenter(network, [int(v) for v in labels], max(class_names, default=0) + 1)

@@ -24,8 +24,9 @@ nnU-Net does not record how its training images were oriented, only how they wer
 ``NibabelIOWithReorient`` reorients to RAS and hands nnU-Net the axes (S, A, R), which radnode
 reproduces through ``input.orientation = "SAR"``; other readers see the order the training files
 stored, and radnode gives them the volume's own (slice, row, column) order, the order SimpleITK
-reads from a NIfTI written from a DICOM series without reorientation. A model trained on images
-stored otherwise needs ``input`` (with ``orientation``) in the YAML.
+reads from a NIfTI written from a DICOM series without reorientation. Tools that reorient before
+nnU-Net reads (TotalSegmentator: RAS, so SimpleITK hands nnU-Net (S, A, R)) are stated by
+``models.NAME.orientation`` (``SAR``); the rest of the input still comes from the plans.
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def open_source(name: str, config: ModelConfig, sha256: str) -> ModelSource:
                 f"(models.{name}.folds / models.{name}.checkpoint)"
             )
     channels = len(dataset.get("channel_names", dataset.get("modality", {})))
-    spec = config.input or _input_spec(name, folder / "plans.json", plans, configuration, channels)
+    spec = config.input or _input_spec(name, folder / "plans.json", plans, configuration, channels,
+                                       config.orientation)
     for value in config.labels:
         if value not in class_names:
             raise ModelFormatError(
@@ -188,8 +190,9 @@ def _configuration(name: str, path: Path, plans: dict[str, Any], chosen: str) ->
 
 
 def _input_spec(name: str, path: Path, plans: dict[str, Any], configuration: dict[str, Any],
-                channels: int) -> InputSpec:
-    """The plans' preprocessing as an InputSpec, axes back in the volume's order (transpose_backward)."""
+                channels: int, orientation: str | None) -> InputSpec:
+    """The plans' preprocessing as an InputSpec, axes back in the volume's order (transpose_backward);
+    ``orientation`` (``models.NAME.orientation``) overrides the reader's."""
     if channels != 1:
         raise ModelFormatError(f"model {name!r}: the model takes {channels} input channels; radnode derives "
                                f"the input of one-channel nnU-Net models only (give models.{name}.input)")
@@ -212,10 +215,11 @@ def _input_spec(name: str, path: Path, plans: dict[str, Any], configuration: dic
         backward = [int(i) for i in np.argsort(plans.get("transpose_forward", [0, 1, 2]))]
         return InputSpec(
             channels=1,
-            orientation=_READER_ORIENTATION.get(plans.get("image_reader_writer", "")),
+            orientation=orientation or _READER_ORIENTATION.get(plans.get("image_reader_writer", "")),
             spacing_mm=tuple(configuration["spacing"][i] for i in backward),
             normalization=normalization,
             patch_size=tuple(configuration["patch_size"][i] for i in backward),
+            batch_size=1,  # nnU-Net's predictor runs one window at a time: half the memory of two, as fast
             window_scheme="nnunet",
         )
     except (KeyError, IndexError, TypeError, pydantic.ValidationError) as exc:
