@@ -111,7 +111,7 @@ def plain_highdicom_seg(findings: Findings, headers: list[pydicom.Dataset]) -> p
         )
         for n, s in enumerate(findings.segments, start=1)
     ]
-    stacked = np.stack([s.mask for s in findings.segments], axis=-1)
+    stacked = np.stack([s.full_mask() for s in findings.segments], axis=-1)
     return hd.seg.Segmentation(
         source_images=headers, pixel_array=stacked,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,

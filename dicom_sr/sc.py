@@ -47,7 +47,8 @@ def key_slices(findings: Findings, max_images: int = DEFAULT_MAX_IMAGES) -> list
     """Per segment, the slice where it has most pixels; the ``max_images`` largest, in slice order."""
     best: dict[int, int] = {}
     for segment in findings.segments:
-        areas = segment.mask.reshape(segment.mask.shape[0], -1).sum(axis=1)
+        areas = np.zeros(segment.shape[0], dtype=np.int64)
+        areas[segment.box[0]] = segment.mask.reshape(segment.mask.shape[0], -1).sum(axis=1)
         if areas.max() > 0:
             index = int(areas.argmax())
             best[index] = max(best.get(index, 0), int(areas[index]))
@@ -86,7 +87,7 @@ def render_slice(
     gray = np.clip((pixels[index].astype(np.float32) - low) / (high - low), 0.0, 1.0) * 255.0
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     for segment in findings.segments:
-        mask = segment.mask[index]
+        mask = segment.slice_mask(index)
         if not mask.any():
             continue
         color = np.asarray(segment.color_rgb, dtype=np.float32)

@@ -187,10 +187,10 @@ def _label_map(findings: Findings) -> np.ndarray | None:
     """The segments as one label map (slices, rows, columns) of segment numbers; None if they overlap."""
     segments = findings.segments
     dtype = np.uint8 if len(segments) < 256 else np.uint16
-    label_map = np.zeros(segments[0].mask.shape, dtype=dtype)
+    label_map = np.zeros(segments[0].shape, dtype=dtype)
     n_labelled = 0
     for number, segment in enumerate(segments, start=1):
-        np.copyto(label_map, number, where=segment.mask)
+        np.copyto(label_map[segment.box], number, where=segment.mask)
         n_labelled += int(np.count_nonzero(segment.mask))
     return label_map if np.count_nonzero(label_map) == n_labelled else None
 
@@ -206,16 +206,16 @@ def _pixel_array(findings: Findings, shape: tuple[int, int], seg_type: SegType) 
     """
     segments = findings.segments
     for segment in segments:
-        if segment.mask.shape[1:] != shape:
+        if segment.shape[1:] != shape:
             raise EncodingError(
-                f"segment {segment.label!r}: mask slices are {segment.mask.shape[1:]}, "
+                f"segment {segment.label!r}: mask slices are {segment.shape[1:]}, "
                 f"source images are {shape}"
             )
     if seg_type is SegType.FRACTIONAL:
         return np.stack(
             [
-                segment.probability if segment.probability is not None
-                else segment.mask.astype(np.float32)
+                segment.full_probability() if segment.probability is not None
+                else segment.full_mask().astype(np.float32)
                 for segment in segments
             ],
             axis=-1,
@@ -227,7 +227,7 @@ def _pixel_array(findings: Findings, shape: tuple[int, int], seg_type: SegType) 
         raise EncodingError(
             "segments overlap, so they cannot be one LABELMAP segmentation; use binary or fractional"
         )
-    return np.stack([segment.mask for segment in segments], axis=-1).view(np.uint8)
+    return np.stack([segment.full_mask() for segment in segments], axis=-1).view(np.uint8)
 
 
 def _segment_descriptions(

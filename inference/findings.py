@@ -45,7 +45,13 @@ class Measurement:
 
 @dataclass(frozen=True)
 class Segment:
-    """One segment of a SEG: a binary mask with its meaning (PS3.3 C.8.20.4)."""
+    """One segment of a SEG: a binary mask with its meaning (PS3.3 C.8.20.4).
+
+    ``mask`` holds the segment's voxels within a box of the source grid that starts at ``origin``
+    (slice, row, column) on a grid of ``grid_shape``; without ``grid_shape`` the mask is the whole
+    grid. A pipeline with many segments crops each to its bounding box, so that 117 organs cost
+    about one volume of memory rather than 117. :meth:`full_mask` gives the mask on the whole grid.
+    """
 
     label: str
     category: Code
@@ -58,6 +64,8 @@ class Segment:
     # laterality and similar qualifiers (CID 244): "Kidney" + "Left" rather than a private code
     property_modifier: Code | None = None
     anatomic_region_modifier: Code | None = None
+    origin: tuple[int, int, int] = (0, 0, 0)
+    grid_shape: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.mask.dtype != np.bool_ or self.mask.ndim != 3:
@@ -65,6 +73,10 @@ class Segment:
                 f"segment {self.label!r}: mask must be a 3-D bool array, "
                 f"got {self.mask.dtype} with shape {self.mask.shape}"
             )
+        if any(start < 0 or start + size > whole
+               for start, size, whole in zip(self.origin, self.mask.shape, self.shape, strict=True)):
+            raise ValueError(f"segment {self.label!r}: a mask of shape {self.mask.shape} at {self.origin} "
+                             f"does not fit the grid {self.shape}")
         if self.probability is not None and (
             self.probability.shape != self.mask.shape
             or self.probability.dtype.kind != "f"
@@ -74,6 +86,44 @@ class Segment:
                 f"segment {self.label!r}: probability must be a float array of the mask's shape "
                 f"{self.mask.shape} with values in [0, 1]"
             )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The source grid's (slices, rows, columns)."""
+        if self.grid_shape is None:
+            slices, rows, columns = self.mask.shape
+            return int(slices), int(rows), int(columns)
+        return self.grid_shape
+
+    @property
+    def box(self) -> tuple[slice, slice, slice]:
+        """Where :attr:`mask` lies on the source grid."""
+        z, y, x = (slice(start, start + size)
+                   for start, size in zip(self.origin, self.mask.shape, strict=True))
+        return z, y, x
+
+    def full_mask(self) -> np.ndarray:
+        """The mask on the whole source grid."""
+        return self._on_grid(self.mask)
+
+    def full_probability(self) -> np.ndarray | None:
+        """The probability on the whole source grid (0 outside the box), if the segment has one."""
+        return None if self.probability is None else self._on_grid(self.probability)
+
+    def slice_mask(self, index: int) -> np.ndarray:
+        """The mask of source slice ``index``, rows × columns."""
+        plane = np.zeros(self.shape[1:], dtype=np.bool_)
+        z, y, x = self.box
+        if z.start <= index < z.stop:
+            plane[y, x] = self.mask[index - z.start]
+        return plane
+
+    def _on_grid(self, values: np.ndarray) -> np.ndarray:
+        if self.grid_shape is None:
+            return values
+        whole = np.zeros(self.shape, dtype=values.dtype)
+        whole[self.box] = values
+        return whole
 
 
 @dataclass(frozen=True)
@@ -133,9 +183,9 @@ class Findings:
     def __post_init__(self) -> None:
         n = len(self.source_sop_instance_uids)
         for seg in self.segments:
-            if seg.mask.shape[0] != n:
+            if seg.shape[0] != n:
                 raise ValueError(
-                    f"segment {seg.label!r} has {seg.mask.shape[0]} slices but the source has {n}"
+                    f"segment {seg.label!r} has {seg.shape[0]} slices but the source has {n}"
                 )
         for group in self.groups:
             if group.segment is not None and not 0 <= group.segment < len(self.segments):

@@ -19,6 +19,7 @@ __all__ = [
     "IMAGENET_STD",
     "LABEL_PRESET_PREFIX",
     "SHIPPED_PREFIX",
+    "UNPINNED_SHA256",
     "FindingSpec",
     "ImageInputSpec",
     "InputSpec",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 SHIPPED_PREFIX = "radnode:"
+UNPINNED_SHA256 = "0" * 64
+"""The presets' placeholder digest: valid syntax, refused with its own message when the model loads."""
 LABEL_PRESET_PREFIX = "preset:"
 _CODE = re.compile(r"^(?P<scheme>[A-Za-z0-9_.-]{1,16}):(?P<value>[^:\s]{1,64})$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -49,7 +49,7 @@ def _spread(volume: Volume, findings: Findings) -> list[int]:
     """Slices evenly spread over the masks' extent, head first (or over the volume if no masks)."""
     covered = np.zeros(volume.shape[0], dtype=bool)
     for segment in findings.segments:
-        covered |= segment.mask.any(axis=(1, 2))
+        covered[segment.box[0]] |= segment.mask.any(axis=(1, 2))
     present = np.flatnonzero(covered) if covered.any() else np.arange(volume.shape[0])
     count = min(_DEFAULT_SLICE_COUNT, present.size)
     chosen = np.unique(np.linspace(present[0], present[-1], count + 2)[1:-1].round().astype(int))
@@ -62,7 +62,7 @@ def _tile(volume: Volume, findings: Findings, index: int) -> Image.Image:
     gray = ((volume.voxels[index].cpu().numpy() - low) / (high - low)).clip(0, 1) * 255
     rgb = np.repeat(gray[..., None], 3, axis=2)
     for segment in findings.segments:
-        mask = segment.mask[index]
+        mask = segment.slice_mask(index)
         color = np.asarray(segment.color_rgb, dtype=np.float64)
         rgb[mask] = (1 - _FILL_OPACITY) * rgb[mask] + _FILL_OPACITY * color
         rgb[mask_outline(mask)] = color

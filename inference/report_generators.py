@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Protocol
 
 from inference.backends import Backend
-from inference.errors import ModelChecksumMismatch, ModelError, ModelFileMissing, ModelFormatError
-from inference.formats import file_sha256
+from inference.errors import ModelError, ModelFileMissing, ModelFormatError
+from inference.formats import check_pinned
 from inference.model_config import ImageInputSpec, ModelConfig, ReportSpec
 from inference.radiograph_input import network_input
 from inference.xray import Radiograph
@@ -137,13 +137,7 @@ def read_vocabulary(name: str, config: ModelConfig) -> list[str]:
     if not path.is_file():
         raise ModelFileMissing(f"model {name!r}: vocabulary {path} does not exist; copy the model's "
                                f"vocabulary there or fix models.{name}.report.vocabulary")
-    actual = file_sha256(path)
-    if actual != config.report.vocabulary_sha256:
-        raise ModelChecksumMismatch(
-            f"model {name!r}: vocabulary {path} has SHA-256 {actual}, but "
-            f"models.{name}.report.vocabulary_sha256 expects {config.report.vocabulary_sha256}; the file "
-            "was replaced or corrupted"
-        )
+    check_pinned(name, path, config.report.vocabulary_sha256, f"models.{name}.report.vocabulary_sha256")
     tokens = path.read_text(encoding="utf-8").splitlines()
     if not tokens or any(not token.strip() for token in tokens):
         raise ModelFormatError(f"model {name!r}: vocabulary {path} must hold one token per line, "

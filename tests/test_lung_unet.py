@@ -58,7 +58,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _masks(findings: Findings) -> dict[str, np.ndarray]:
-    return {segment.label: segment.mask for segment in findings.segments}
+    return {segment.label: segment.full_mask() for segment in findings.segments}
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from inference.errors import ModelChecksumMismatch
+from inference.formats import open_model
+from node.config import load_config
 from tests.node_process import radnode_cli
 
 PRESETS = sorted((Path(__file__).resolve().parent.parent / "config" / "presets").glob("*.yaml"))
@@ -23,3 +26,14 @@ def test_there_are_presets() -> None:
 def test_preset_passes_config_check(preset: Path) -> None:
     result = radnode_cli("config", "check", str(preset))
     assert (result.returncode, result.stdout.strip()) == (0, "ok"), result.stderr
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[path.stem for path in PRESETS])
+def test_preset_weights_installed_but_not_pinned_are_refused_saying_so(preset: Path, tmp_path: Path) -> None:
+    config = load_config(preset)
+    for name, model in config.models.items():
+        installed = tmp_path / name
+        installed.write_bytes(b"the admin's copy of the weights")
+        with pytest.raises(ModelChecksumMismatch, match=rf"models\.{name}\.sha256 is still the preset's "
+                                                        rf"placeholder.*radnode model hash {installed}"):
+            open_model(name, model.model_copy(update={"file": installed}))

@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import UID, ExplicitVRLittleEndian, SegmentationStorage, generate_uid
+from scipy.ndimage import find_objects
 
 from dicom_sr import codes
 from dicom_sr.seg import EncodingError, SegType, build_seg
@@ -246,6 +247,44 @@ def test_seg_overlapping_segments_round_trip_exactly(chest_ct, findings, tmp_pat
     decoded = decode_frames(pydicom.dcmread(path), findings.source_sop_instance_uids)
     for number, segment in enumerate(overlapping.segments, start=1):
         np.testing.assert_array_equal(decoded[number], segment.mask)
+
+
+def _cropped(segment: Segment) -> Segment:
+    """``segment`` with its mask cut to its bounding box, as a many-class pipeline hands it over."""
+    (box,) = find_objects(segment.mask.view(np.uint8))
+    start = tuple(int(axis.start) for axis in box)
+    return dataclasses.replace(segment, mask=segment.mask[box].copy(), origin=start,
+                               grid_shape=segment.mask.shape)
+
+
+def test_segments_cropped_to_their_box_encode_exactly_as_whole_grid_masks(
+    chest_ct, findings, tmp_path
+) -> None:
+    headers, _ = chest_ct
+    cropped = dataclasses.replace(findings, segments=tuple(_cropped(s) for s in findings.segments))
+    assert all(s.mask.size < s.full_mask().size for s in cropped.segments)
+    for segment, whole in zip(cropped.segments, findings.segments, strict=True):
+        np.testing.assert_array_equal(segment.full_mask(), whole.mask)
+        slices = np.stack([segment.slice_mask(index) for index in range(whole.mask.shape[0])])
+        np.testing.assert_array_equal(slices, whole.mask)
+
+    for name, variant in (("whole", findings), ("cropped", cropped)):
+        seg_for(variant, headers).save_as(tmp_path / f"{name}.dcm", enforce_file_format=True)
+    whole_seg, cropped_seg = (pydicom.dcmread(tmp_path / f"{name}.dcm") for name in ("whole", "cropped"))
+    np.testing.assert_array_equal(cropped_seg.pixel_array, whole_seg.pixel_array)
+    overlapping = dataclasses.replace(cropped, segments=(*cropped.segments, _cropped(
+        Segment("Lungs", codes.ANATOMICAL_STRUCTURE, codes.LUNG, (197, 165, 145),
+                findings.segments[0].mask | findings.segments[1].mask))))
+    seg_for(overlapping, headers).save_as(tmp_path / "overlapping.dcm", enforce_file_format=True)
+    decoded = decode_frames(pydicom.dcmread(tmp_path / "overlapping.dcm"), findings.source_sop_instance_uids)
+    for number, segment in enumerate(overlapping.segments, start=1):
+        np.testing.assert_array_equal(decoded[number], segment.full_mask())
+
+
+def test_a_mask_box_outside_its_grid_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"a mask of shape \(2, 4, 4\) at \(3, 0, 0\) does not fit the grid"):
+        Segment("Lung", codes.ANATOMICAL_STRUCTURE, codes.LUNG, (0, 0, 0), np.ones((2, 4, 4), dtype=bool),
+                origin=(3, 0, 0), grid_shape=(4, 8, 8))
 
 
 def test_seg_keeps_study_frame_of_reference_and_patient(seg, chest_ct) -> None:

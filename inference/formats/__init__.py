@@ -13,9 +13,11 @@ from pathlib import Path
 
 from inference.errors import ModelChecksumMismatch, ModelFileMissing, ModelFormatError
 from inference.formats.base import ModelSource
-from inference.model_config import ModelConfig
+from inference.model_config import UNPINNED_SHA256, ModelConfig
 
-__all__ = ["OPENERS", "ModelSource", "file_sha256", "model_sha256", "open_model", "tree_sha256"]
+__all__ = [
+    "OPENERS", "ModelSource", "check_pinned", "file_sha256", "model_sha256", "open_model", "tree_sha256",
+]
 
 HASH_CHUNK_BYTES = 1 << 20
 """Files are hashed in chunks of this size, so a multi-GB checkpoint never sits in memory whole."""
@@ -56,6 +58,25 @@ def model_sha256(path: Path) -> str:
     return tree_sha256(path) if path.is_dir() else file_sha256(path)
 
 
+def check_pinned(name: str, path: Path, expected: str, key: str) -> None:
+    """Raise ModelChecksumMismatch unless ``path`` (a file or folder) has the SHA-256 ``key`` pins.
+
+    A preset's placeholder digest gets its own message: the model was installed but not pinned yet.
+    """
+    if expected == UNPINNED_SHA256:
+        raise ModelChecksumMismatch(
+            f"model {name!r}: {key} is still the preset's placeholder (64 zeros); pin what you installed: "
+            f"put the digest `radnode model hash {path}` prints there"
+        )
+    actual = model_sha256(path)
+    if actual != expected:
+        raise ModelChecksumMismatch(
+            f"model {name!r}: {path} has SHA-256 {actual}, but {key} expects {expected}; the file was "
+            f"replaced or corrupted (if the new file is intended, put the digest `radnode model hash "
+            f"{path}` prints into the configuration)"
+        )
+
+
 def open_model(name: str, config: ModelConfig) -> ModelSource:
     """Check that the model ``name`` is where the YAML says and is the pinned file, then open it.
 
@@ -68,13 +89,7 @@ def open_model(name: str, config: ModelConfig) -> ModelSource:
             f"model {name!r}: {path} does not exist; fix models.{name}.file in the configuration "
             "or copy the model there"
         )
-    actual = model_sha256(path)
-    if actual != config.sha256:
-        raise ModelChecksumMismatch(
-            f"model {name!r}: {path} has SHA-256 {actual}, but models.{name}.sha256 expects "
-            f"{config.sha256}; the file was replaced or corrupted (if the new file is intended, "
-            f"put the digest `radnode model hash {path}` prints into the configuration)"
-        )
+    check_pinned(name, path, config.sha256, f"models.{name}.sha256")
     module_name = OPENERS.get(config.format)
     if module_name is None:
         raise ModelFormatError(
@@ -88,5 +103,5 @@ def open_model(name: str, config: ModelConfig) -> ModelSource:
             f"model {name!r}: opening {config.format} models needs the Python package "
             f"{exc.name!r}, which is not installed"
         ) from exc
-    source: ModelSource = opener.open_source(name, config, actual)
+    source: ModelSource = opener.open_source(name, config, config.sha256)  # checked above
     return source

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy.ndimage import find_objects
 
 from dicom_sr import codes
 from dicom_sr.codes import Code
@@ -95,10 +96,10 @@ class SegmentationPipeline:
                                                 derivation=codes.MEAN))
             groups.append(MeasurementGroup(label.name, finding, tuple(measurements), len(segments),
                                            *_finding_site(label, finding)))
+            mask, origin, probability = regions.cropped(value)
             segments.append(Segment(
                 label.name, _code(label.category, label.category_meaning), finding, label.colour,
-                regions.mask(value),
-                probability=regions.probability(value),
+                mask, probability=probability, origin=origin, grid_shape=volume.shape,
                 anatomic_region=_optional_code(label.region, label.region_meaning),
                 property_modifier=_optional_code(label.modifier, label.modifier_meaning),
                 anatomic_region_modifier=_optional_code(label.region_modifier, label.region_modifier_meaning),
@@ -122,12 +123,14 @@ class _LabelMap:
     """
 
     def __init__(self, found: WindowLabels, volume: Volume, spec: InputSpec) -> None:
-        self.labels = labels_to_volume(found.labels, volume, spec)
+        labels = labels_to_volume(found.labels, volume, spec)
         self._softmax = found.probabilities
         self._volume, self._spec = volume, spec
-        flat = self.labels.flatten()
+        flat = labels.flatten()
         self._counts = torch.bincount(flat)
         self._sums = torch.bincount(flat, weights=volume.voxels.to(flat.device, torch.float64).flatten())
+        self._labels = labels.cpu().numpy()
+        self._boxes = find_objects(self._labels)  # every label's bounding box, in one pass
 
     def count(self, value: int) -> int:
         return int(self._counts[value]) if value < len(self._counts) else 0
@@ -135,14 +138,15 @@ class _LabelMap:
     def value_sum(self, value: int) -> float:
         return float(self._sums[value])
 
-    def mask(self, value: int) -> np.ndarray:
-        return (self.labels == value).cpu().numpy()
-
-    def probability(self, value: int) -> np.ndarray | None:
+    def cropped(self, value: int) -> tuple[np.ndarray, tuple[int, int, int], np.ndarray | None]:
+        """Label ``value``'s mask within its bounding box and the box's first voxel; with a probability
+        (a FRACTIONAL SEG), both on the whole grid: the probability does not end at the mask's box."""
         probability = self._softmax.get(value)
-        if probability is None:
-            return None
-        return probability_to_volume(probability, self._volume, self._spec).cpu().numpy()
+        if probability is not None:
+            whole = probability_to_volume(probability, self._volume, self._spec).cpu().numpy()
+            return self._labels == value, (0, 0, 0), whole
+        box = self._boxes[value - 1]
+        return self._labels[box] == value, _start(box), None
 
 
 class _Regions:
@@ -166,12 +170,19 @@ class _Regions:
         mask = self._masks[value]
         return float(self._voxels[mask.to(self._voxels.device)].sum())
 
-    def mask(self, value: int) -> np.ndarray:
-        return self._masks[value].cpu().numpy()
-
-    def probability(self, value: int) -> np.ndarray | None:
+    def cropped(self, value: int) -> tuple[np.ndarray, tuple[int, int, int], np.ndarray | None]:
+        """As :meth:`_LabelMap.cropped`, for region ``value``."""
+        mask = self._masks[value].cpu().numpy()
         probability = self._probabilities.get(value)
-        return None if probability is None else probability.cpu().numpy()
+        if probability is not None:
+            return mask, (0, 0, 0), probability.cpu().numpy()
+        (box,) = find_objects(mask.view(np.uint8))
+        return mask[box].copy(), _start(box), None
+
+
+def _start(box: tuple[slice, ...]) -> tuple[int, int, int]:
+    z, y, x = (int(axis.start) for axis in box)
+    return z, y, x
 
 
 def _finding_site(label: LabelSpec, finding: Code) -> tuple[Code | None, Code | None]:
