@@ -31,6 +31,7 @@ from node.db import Database
 from node.dimse import StoreStatus
 from node.errors import InvalidInstance, OutOfSpace, StorageError
 from node.metrics import ASSOCIATIONS_REJECTED, INSTANCES_RECEIVED, INSTANCES_REFUSED, RECEIVED_BYTES
+from node.part10 import part10_file
 from node.store import Spool, read_header
 from node.tls import server_context
 
@@ -160,7 +161,9 @@ class Listener:
         calling = event.assoc.requestor.ae_title
         sop_uid = str(event.request.AffectedSOPInstanceUID or "")
         try:
-            part10 = event.encoded_dataset(include_meta=True)
+            request = event.request
+            part10 = part10_file(str(request.AffectedSOPClassUID or ""), sop_uid,
+                                 str(event.context.transfer_syntax), request.DataSet)
             header = read_header(part10)
             if header.sop_instance_uid != sop_uid:
                 raise InvalidInstance(

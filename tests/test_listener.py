@@ -274,3 +274,20 @@ def test_store_response_written_directly_is_byte_for_byte_pynetdicoms(
     assert store_response_command(rsp) == encode(message.command_set, True, True)
     rsp.ErrorComment = "Out of resources"  # more than status and UIDs: left to pynetdicom
     assert store_response_command(rsp) is None
+
+
+@pytest.mark.parametrize("sop_instance", ["1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.12"])
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.4.50"])
+def test_received_file_is_byte_for_byte_the_one_pynetdicom_would_write(sop_instance: str, syntax: str) -> None:
+    import io
+
+    from pynetdicom.dsutils import create_file_meta, encode_file_meta
+
+    from node.part10 import part10_file
+
+    data_set = io.BytesIO(b"\x08\x00\x16\x00\x1a\x00\x00\x001.2.840.10008.5.1.4.1.1.2\x00")
+    expected = b"\x00" * 128 + b"DICM" + encode_file_meta(
+        create_file_meta(sop_class_uid=CTImageStorage, sop_instance_uid=sop_instance, transfer_syntax=syntax)
+    ) + data_set.getvalue()
+
+    assert part10_file(CTImageStorage, sop_instance, syntax, data_set) == expected
