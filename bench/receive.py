@@ -198,6 +198,9 @@ def run_once(case: Case, workdir: Path) -> tuple[dict[str, float], dict[str, flo
     for name, receiver in (("storescp", storescp), ("orthanc", orthanc), ("radnode", radnode)):
         folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
         with receiver(folder) as (port, aet, pid):
+            # the previous receiver's files (storescp never flushes) must not be flushed on this
+            # one's time: radnode's syncfs writes out everything dirty on the file system
+            os.sync()
             cpu_before = _cpu_seconds(pid)
             rates[name] = len(case.files) / send(port, aet, [case.files])
             cpu_ms[name] = (_cpu_seconds(pid) - cpu_before) * 1000 / len(case.files)
@@ -209,6 +212,7 @@ def run_once(case: Case, workdir: Path) -> tuple[dict[str, float], dict[str, flo
 def run_parallel(case: Case, workdir: Path) -> float:
     folder = Path(tempfile.mkdtemp(prefix="radnode-par-", dir=workdir))
     with radnode(folder) as (port, aet, _):
+        os.sync()  # as in run_once
         rate = len(case.files) / send(port, aet, case.studies)
     check_radnode(folder, case)
     return rate
