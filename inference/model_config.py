@@ -293,6 +293,10 @@ class ModelConfig(_Section):
     configuration: str = "3d_fullres"
     folds: list[Annotated[int, Field(ge=0)] | Literal["all"]] = [0]  # pydantic copies the default
     checkpoint: str = "checkpoint_final.pth"
+    # how labels find the model's outputs: by value (the keys of labels are output values) or by name
+    # (each class the model names, in nnU-Net's dataset.json or a bundle's metadata, takes the label
+    # of that name: a part model of TotalSegmentator's 1.5 mm task with the whole task's table)
+    labels_by: Literal["value", "name"] = "value"
     # nnU-Net v2: the axes the training images had when nnU-Net read them, where the plans' reader
     # does not fix them (TotalSegmentator reorients to RAS before nnU-Net reads, so its networks see
     # SAR); None: NibabelIOWithReorient's SAR, or the volume's own (slice, row, column) axes

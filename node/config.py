@@ -332,7 +332,9 @@ class PipelineOptions(_Section):
 
     # binary (default), fractional (probability maps) or labelmap (Label Map Segmentation, DICOM 2024)
     seg_type: Literal["binary", "fractional", "labelmap"] = "binary"
-    model: str | None = None
+    # one model, or several whose label maps are merged in order (later ones win where two overlap):
+    # TotalSegmentator's 1.5 mm task is five part models
+    model: str | Annotated[list[str], Field(min_length=1)] | None = None
     version: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     inputs: list[PipelineInput] = Field(default_factory=list)
     wait_seconds: float = Field(default=DEFAULT_INPUT_WAIT_SECONDS, gt=0)
@@ -479,10 +481,15 @@ class Config(_Section):
             if name in available_pipelines():
                 raise _KeyedError(("pipelines", name, "model"),
                                   f"{name!r} is a built-in pipeline; give the model's pipeline another name")
-            if options.model not in self.models:
+            names = [options.model] if isinstance(options.model, str) else options.model
+            unknown = [model for model in names if model not in self.models]
+            if unknown:
                 known = ", ".join(sorted(self.models)) or "none configured"
                 raise _KeyedError(("pipelines", name, "model"),
-                                  f"unknown model {options.model!r} (models: {known})")
+                                  f"unknown model(s) {', '.join(unknown)} (models: {known})")
+            if len(names) > 1 and options.inputs:
+                raise _KeyedError(("pipelines", name, "inputs"),
+                                  "a pipeline of several models takes one series: no inputs")
         return self
 
     @model_validator(mode="after")

@@ -165,7 +165,7 @@ def test_model_files_resolve_against_the_config_folder_and_the_shipped_weights(t
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        (_yaml("a" * 64, model="tiny2"), "pipelines.tiny-seg.model: unknown model 'tiny2' (models: tiny)"),
+        (_yaml("a" * 64, model="tiny2"), "pipelines.tiny-seg.model: unknown model(s) tiny2 (models: tiny)"),
         (_yaml("not-hex"), "models.tiny.sha256: sha256 must be 64 hexadecimal digits"),
         (_yaml("a" * 64).replace("tiny-seg: {model: tiny}", "lung-qct: {model: tiny}"),
          "pipelines.lung-qct.model: 'lung-qct' is a built-in pipeline"),

@@ -27,6 +27,7 @@ equal to the argmax of the full blended logits first.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -44,7 +45,7 @@ from dicom_sr import codes
 from dicom_sr.seg import build_seg
 from dicom_sr.sr import build_sr
 from dicom_sr.uids import ResultKind, result_uids
-from inference.errors import ModelFileMissing
+from inference.errors import ModelFileMissing, ModelFormatError
 from inference.findings import Findings
 from inference.formats import model_sha256, open_model
 from inference.formats.vista3d import NEVER, EverythingSegmenter
@@ -385,6 +386,65 @@ def test_missing_weights_are_named_with_where_they_are_expected(preset: str, tmp
 
     assert str(missing) in str(raised.value) and "does not exist" in str(raised.value)
     assert f"models.{name}.file" in str(raised.value)
+
+
+# --- TotalSegmentator's 1.5 mm task: five part models, one merged segmentation -------------------
+
+PARTS_PRESET = "totalsegmentator-ct-1.5mm"
+
+
+def _part_folders(root: Path, count: int) -> list[Path]:
+    """Part models of the 1.5 mm task, each naming its share of the 117 classes as its dataset.json does."""
+    names = _names("totalsegmentator-ct")
+    folders = []
+    for part, share in enumerate(np.array_split(np.arange(len(names)), count), start=1):
+        plans = plain_conv_unet_plans(f"Dataset29{part}_TotalSegmentator_part{part}", [TEST_SPACING_MM] * 3,
+                                      [TEST_PATCH] * 3, NNUNET_FEATURES)
+        folders.append(write_nnunet_folder(root / f"part{part}", plans, [names[i] for i in share],
+                                           trainer="nnUNetTrainerNoMirroring"))
+    return folders
+
+
+def _part_registry(root: Path) -> tuple[list[str], ModelRegistry]:
+    config = load_config(PRESETS / f"{PARTS_PRESET}.yaml")
+    names = config.pipelines[PARTS_PRESET].model
+    assert isinstance(names, list) and len(names) == 5
+    models = {name: config.models[name].model_copy(update={"file": folder, "sha256": model_sha256(folder),
+                                                           "backend": "torch"})
+              for name, folder in zip(names, _part_folders(root / "models", len(names)), strict=True)}
+    return names, ModelRegistry(models, CPU, root / "cache")
+
+
+def test_part_models_merge_into_one_segmentation_where_later_parts_win(chest: Volume, tmp_path: Path) -> None:
+    names, registry = _part_registry(tmp_path)
+
+    merged = create(PARTS_PRESET, names, registry).run(chest, CPU)
+
+    expected: dict[str, np.ndarray] = {}  # each part alone, painted over the earlier ones
+    for name in names:
+        for segment in create(name, name, registry).run(chest, CPU).segments:
+            for earlier in expected.values():
+                earlier &= ~segment.full_mask()
+            expected[segment.label] = segment.full_mask()
+    expected = {label: mask for label, mask in expected.items() if mask.any()}
+    assert [s.label for s in merged.segments] == list(expected)
+    for segment in merged.segments:
+        np.testing.assert_array_equal(segment.full_mask(), expected[segment.label])
+    found = _check_results("totalsegmentator-ct", *_write_results(merged, chest, tmp_path), chest)
+    assert found == expected.keys()
+    digests = "".join(registry.config(name).sha256 for name in names)
+    assert merged.algorithm.model_sha256 == hashlib.sha256(digests.encode()).hexdigest()
+
+
+def test_a_part_class_missing_from_the_table_is_named(tmp_path: Path) -> None:
+    plans = plain_conv_unet_plans("Dataset999_x", [TEST_SPACING_MM] * 3, [TEST_PATCH] * 3, NNUNET_FEATURES)
+    folder = write_nnunet_folder(tmp_path / "odd", plans, ["spleen", "not_an_organ"])
+    name, model = "totalsegmentator-organs", load_config(PRESETS / f"{PARTS_PRESET}.yaml").models[
+        "totalsegmentator-organs"]
+    model = model.model_copy(update={"file": folder, "sha256": model_sha256(folder)})
+
+    with pytest.raises(ModelFormatError, match=rf"models\.{name}\.labels has no label named not_an_organ"):
+        open_model(name, model)
 
 
 # --- end to end: Orthanc → radnode (totalsegmentator-ct) → Orthanc ---------------------------------

@@ -7,16 +7,18 @@ MONAI bring heavy dependencies a TorchScript-only node does not need).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 from pathlib import Path
 
 from inference.errors import ModelChecksumMismatch, ModelFileMissing, ModelFormatError
 from inference.formats.base import ModelSource
-from inference.model_config import UNPINNED_SHA256, ModelConfig
+from inference.model_config import UNPINNED_SHA256, LabelSpec, ModelConfig
 
 __all__ = [
-    "OPENERS", "ModelSource", "check_pinned", "file_sha256", "model_sha256", "open_model", "tree_sha256",
+    "OPENERS", "ModelSource", "check_pinned", "file_sha256", "labels_by_name", "model_sha256", "open_model",
+    "tree_sha256",
 ]
 
 HASH_CHUNK_BYTES = 1 << 20
@@ -103,5 +105,21 @@ def open_model(name: str, config: ModelConfig) -> ModelSource:
             f"model {name!r}: opening {config.format} models needs the Python package "
             f"{exc.name!r}, which is not installed"
         ) from exc
-    source: ModelSource = opener.open_source(name, config, config.sha256)  # checked above
-    return source
+    if config.labels_by == "value":
+        source: ModelSource = opener.open_source(name, config, config.sha256)  # checked above
+        return source
+    named = opener.open_source(name, config.model_copy(update={"labels": {}}), config.sha256)
+    return dataclasses.replace(named, labels=labels_by_name(name, config, named.class_names))
+
+
+def labels_by_name(name: str, config: ModelConfig, class_names: dict[int, str]) -> dict[int, LabelSpec]:
+    """The coded label of each class the model names (``labels_by: name``), by output value."""
+    if not class_names:
+        raise ModelFormatError(f"model {name!r}: labels_by: name needs a model that names its classes "
+                               f"(nnunetv2, monai_bundle); {config.format} does not")
+    by_name = {label.name: label for label in config.labels.values()}
+    unknown = [class_name for class_name in class_names.values() if class_name not in by_name]
+    if unknown:
+        raise ModelFormatError(f"model {name!r}: models.{name}.labels has no label named "
+                               f"{', '.join(unknown)}, which the model outputs")
+    return {value: by_name[class_name] for value, class_name in class_names.items()}

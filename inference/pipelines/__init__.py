@@ -10,7 +10,7 @@ Built-in pipelines have code of their own (:data:`_FACTORIES`); a pipeline the Y
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the registry stays importable without torch, for `radnode config check`
@@ -38,17 +38,22 @@ def available() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def create(name: str, model: str | None = None, registry: ModelRegistry | None = None,
+def create(name: str, model: str | Sequence[str] | None = None, registry: ModelRegistry | None = None,
            version: str | None = None, probabilities: bool = False) -> Pipeline | RadiographPipeline:
     """Build the pipeline called ``name``; raise UnknownPipeline listing the known names.
 
     With ``model`` (``pipelines.NAME.model`` in the YAML), the pipeline runs that model of
     ``registry`` as its ``task`` says, versioned ``version`` or by the model's SHA-256; a
     segmentation adds per-voxel ``probabilities`` to its segments when asked (for a FRACTIONAL SEG).
+    Several models make one segmentation of their merged label maps.
     """
     if model is not None:
         if registry is None:
             raise UnknownPipeline(f"pipeline {name!r} runs model {model!r}, but no models are loaded here")
+        if not isinstance(model, str):
+            from inference.pipelines.segmentation import SegmentationPipeline
+
+            return SegmentationPipeline(name, model, registry, version, probabilities)
         task = registry.config(model).task
         if task == "classification":
             from inference.pipelines.classification import ClassificationPipeline

@@ -5,12 +5,18 @@ through the registry (kept warm between jobs): normalise and resample as the mod
 says, sliding window, argmax, labels back to the source grid, then one SEG segment per label
 present, coded as the YAML's ``labels`` say, and a TID 1411 measurement group per segment with
 its volume (and, on CT, its mean attenuation).
+
+``model: [A, B, …]`` runs several models, each with its own preprocessing and windows, and merges
+their label maps in order (a later model's label wins a voxel two claim): TotalSegmentator's
+1.5 mm task is five part models of about 24 classes each, whose maps TotalSegmentator merges the
+same way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +29,7 @@ from inference.findings import Algorithm, Findings, Measurement, MeasurementGrou
 from inference.model_config import InputSpec, LabelSpec
 from inference.preprocess import labels_to_volume, model_input, probability_to_volume
 from inference.registry import ModelRegistry
-from inference.sliding_window import WindowLabels, sliding_window, sliding_window_labels
+from inference.sliding_window import sliding_window, sliding_window_labels
 from inference.volume import Volume
 
 __all__ = ["VERSION_DIGITS", "SegmentationPipeline"]
@@ -38,19 +44,24 @@ _PROCEDURE = {
 
 
 class SegmentationPipeline:
-    """Segments a volume with model ``model`` of ``registry`` (see the module docstring).
+    """Segments a volume with model ``model`` (or several, merged) of ``registry`` (see the module docstring).
 
     With ``probabilities``, each segment also carries the model's softmax probability on the
     source grid (for FRACTIONAL SEGs); it costs one float32 volume per segment, so it is asked for
     only when the SEG will hold it.
     """
 
-    def __init__(self, name: str, model: str, registry: ModelRegistry, version: str | None = None,
-                 probabilities: bool = False) -> None:
+    def __init__(self, name: str, model: str | Sequence[str], registry: ModelRegistry,
+                 version: str | None = None, probabilities: bool = False) -> None:
         self.name = name
-        self.model = model
+        self.models = [model] if isinstance(model, str) else list(model)
+        self.model = ", ".join(self.models)  # for messages
         self.registry = registry
-        self.version = version or registry.config(model).sha256[:VERSION_DIGITS]
+        digests = [registry.config(each).sha256 for each in self.models]
+        # several models: one digest of theirs in order, so that result UIDs change with any of them
+        joined = hashlib.sha256("".join(digests).encode()).hexdigest()
+        self.model_sha256 = digests[0] if len(digests) == 1 else joined
+        self.version = version or self.model_sha256[:VERSION_DIGITS]
         self.probabilities = probabilities
 
     def run(self, volume: Volume, device: torch.device, extra: Sequence[torch.Tensor] = ()) -> Findings:
@@ -59,28 +70,12 @@ class SegmentationPipeline:
         ``extra``: the model's further input channels, other series already on ``volume``'s grid
         (a study-level pipeline's inputs after the first); the segments are on ``volume``'s grid.
         """
-        loaded = self.registry.get(self.model)
-        spec, coded = loaded.source.input, loaded.source.labels
-        if spec.channels != 1 + len(extra):
-            raise ModelError(f"model {self.model!r} takes {spec.channels} channel(s); pipeline {self.name} "
-                             f"gives it {1 + len(extra)} series (pipelines.{self.name}.inputs)")
-        if not coded:
-            raise ModelError(f"model {self.model!r} has no coded labels for its SEG segments; give "
-                             f"models.{self.model}.labels in the configuration")
-        backend = loaded.backend
-        image = model_input(volume, spec, backend.device, extra)
-        regions: _Regions | _LabelMap
-        if spec.activation == "sigmoid":
-            logits = sliding_window(image, backend, spec.patch_size, spec.overlap, spec.batch_size,
-                                    backend.device, scheme=spec.window_scheme)
-            regions = _Regions(logits, volume, spec, self.probabilities)
-            del logits
-        else:  # never the whole volume's logits: 100+ classes would need one float32 volume each
-            found = sliding_window_labels(image, backend, spec.patch_size, spec.overlap, spec.batch_size,
-                                          backend.device, scheme=spec.window_scheme,
-                                          probabilities=sorted(coded) if self.probabilities else ())
-            regions = _LabelMap(found, volume, spec)
-        del image
+        if len(self.models) == 1:
+            regions, coded = self._one(self.models[0], volume, extra)
+        elif extra:
+            raise ModelError(f"pipeline {self.name} merges several models; it takes one series, not inputs")
+        else:
+            regions, coded = self._merged(volume)
         voxel_ml = volume.voxel_volume_mm3 / 1000.0
         segments: list[Segment] = []
         groups: list[MeasurementGroup] = []
@@ -108,12 +103,66 @@ class SegmentationPipeline:
             names = ", ".join(label.name for label in coded.values())
             raise NotApplicable(f"model {self.model!r} found none of its labels ({names}) in this series")
         return Findings(
-            algorithm=Algorithm(f"radnode {self.name}", self.version, model_sha256=loaded.source.sha256),
+            algorithm=Algorithm(f"radnode {self.name}", self.version, model_sha256=self.model_sha256),
             source_sop_instance_uids=volume.sop_instance_uids,
             segments=tuple(segments),
             groups=tuple(groups),
             procedure_reported=_PROCEDURE.get(volume.modality),
         )
+
+    def _one(self, model: str, volume: Volume, extra: Sequence[torch.Tensor]
+             ) -> tuple[_Regions | _LabelMap, dict[int, LabelSpec]]:
+        """One model's reading of ``volume`` on its grid, and its coded labels."""
+        loaded = self.registry.get(model)
+        spec, coded = loaded.source.input, loaded.source.labels
+        if spec.channels != 1 + len(extra):
+            raise ModelError(f"model {model!r} takes {spec.channels} channel(s); pipeline {self.name} "
+                             f"gives it {1 + len(extra)} series (pipelines.{self.name}.inputs)")
+        if not coded:
+            raise ModelError(f"model {model!r} has no coded labels for its SEG segments; give "
+                             f"models.{model}.labels in the configuration")
+        backend = loaded.backend
+        image = model_input(volume, spec, backend.device, extra)
+        if spec.activation == "sigmoid":
+            logits = sliding_window(image, backend, spec.patch_size, spec.overlap, spec.batch_size,
+                                    backend.device, scheme=spec.window_scheme)
+            return _Regions(logits, volume, spec, self.probabilities), coded
+        # never the whole volume's logits: 100+ classes would need one float32 volume each
+        found = sliding_window_labels(image, backend, spec.patch_size, spec.overlap, spec.batch_size,
+                                      backend.device, scheme=spec.window_scheme,
+                                      probabilities=sorted(coded) if self.probabilities else ())
+        softmax = found.probabilities
+
+        def probability(value: int) -> np.ndarray | None:
+            channel = softmax.get(value)
+            return None if channel is None else probability_to_volume(channel, volume, spec).cpu().numpy()
+
+        return _LabelMap(labels_to_volume(found.labels, volume, spec), volume, probability), coded
+
+    def _merged(self, volume: Volume) -> tuple[_LabelMap, dict[int, LabelSpec]]:
+        """Every model's label map, renumbered into one (later models win), and the merged labels."""
+        if self.probabilities:
+            raise ModelError(f"pipeline {self.name} merges several models, whose probabilities do not "
+                             f"make one map: set pipelines.{self.name}.seg_type to binary")
+        merged = torch.zeros(volume.shape, dtype=torch.int16)
+        coded: dict[int, LabelSpec] = {}
+        for model in self.models:
+            regions, labels = self._one(model, volume, ())
+            if not isinstance(regions, _LabelMap):
+                raise ModelError(f"model {model!r} has sigmoid outputs (overlapping regions); only "
+                                 f"label maps merge (pipelines.{self.name}.model)")
+            names = {label.name for label in coded.values()}
+            repeated = sorted(names & {label.name for label in labels.values()})
+            if repeated:
+                raise ModelError(f"models of pipeline {self.name} both label {', '.join(repeated)}; merged "
+                                 "models must label different classes")
+            renumber = torch.zeros(max(regions.highest, max(labels)) + 1, dtype=torch.int16)
+            for value, label in sorted(labels.items()):
+                coded[len(coded) + 1] = label
+                renumber[value] = len(coded)
+            part = renumber[torch.from_numpy(regions.labels).long()]
+            merged = torch.where(part > 0, part, merged)
+        return _LabelMap(merged, volume, lambda value: None), coded
 
 
 class _LabelMap:
@@ -122,15 +171,20 @@ class _LabelMap:
     Voxel count and value sum of every label come from one pass each, whatever the number of labels.
     """
 
-    def __init__(self, found: WindowLabels, volume: Volume, spec: InputSpec) -> None:
-        labels = labels_to_volume(found.labels, volume, spec)
-        self._softmax = found.probabilities
-        self._volume, self._spec = volume, spec
-        flat = labels.flatten()
+    def __init__(self, labels: torch.Tensor, volume: Volume,
+                 probability: Callable[[int], np.ndarray | None]) -> None:
+        """``labels`` on the source grid; ``probability(value)``: that label's, on the grid, or None."""
+        self._probability = probability
+        flat = labels.flatten().long()
         self._counts = torch.bincount(flat)
         self._sums = torch.bincount(flat, weights=volume.voxels.to(flat.device, torch.float64).flatten())
-        self._labels = labels.cpu().numpy()
-        self._boxes = find_objects(self._labels)  # every label's bounding box, in one pass
+        self.labels = labels.cpu().numpy()
+        self._boxes = find_objects(self.labels)  # every label's bounding box, in one pass
+
+    @property
+    def highest(self) -> int:
+        """The highest label value present."""
+        return len(self._counts) - 1
 
     def count(self, value: int) -> int:
         return int(self._counts[value]) if value < len(self._counts) else 0
@@ -141,12 +195,11 @@ class _LabelMap:
     def cropped(self, value: int) -> tuple[np.ndarray, tuple[int, int, int], np.ndarray | None]:
         """Label ``value``'s mask within its bounding box and the box's first voxel; with a probability
         (a FRACTIONAL SEG), both on the whole grid: the probability does not end at the mask's box."""
-        probability = self._softmax.get(value)
+        probability = self._probability(value)
         if probability is not None:
-            whole = probability_to_volume(probability, self._volume, self._spec).cpu().numpy()
-            return self._labels == value, (0, 0, 0), whole
+            return self.labels == value, (0, 0, 0), probability
         box = self._boxes[value - 1]
-        return self._labels[box] == value, _start(box), None
+        return self.labels[box] == value, _start(box), None
 
 
 class _Regions:
