@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +93,12 @@ def plain_conv_unet_plans(name: str, spacing: Sequence[float], patch: Sequence[i
 
 def write_nnunet_folder(folder: Path, plans: dict[str, Any], class_names: Sequence[str],
                         folds: Sequence[int] = (0,), channel: str = "CT",
-                        trainer: str = "nnUNetTrainer") -> Path:
+                        trainer: str = "nnUNetTrainer",
+                        mirroring_axes: tuple[int, ...] | None = None,
+                        adjust: Callable[[torch.nn.Module], None] | None = None) -> Path:
     """Write ``folder`` (the TRAINER__PLANS__CONF folder) for classes background + ``class_names``.
 
-    Each fold gets its own seeded random weights.
+    Each fold gets its own seeded random weights, then ``adjust`` (e.g. larger logits) if given.
     """
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
@@ -111,6 +113,9 @@ def write_nnunet_folder(folder: Path, plans: dict[str, Any], class_names: Sequen
     for fold in folds:
         torch.manual_seed(fold)
         network = PlainConvUNet(input_channels=1, num_classes=len(labels), deep_supervision=True, **kwargs)
+        if adjust is not None:
+            with torch.no_grad():
+                adjust(network)
         (folder / f"fold_{fold}").mkdir()
         torch.save({
             "network_weights": network.state_dict(),
@@ -124,6 +129,6 @@ def write_nnunet_folder(folder: Path, plans: dict[str, Any], class_names: Sequen
             "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": fold,
                           "dataset_json": dataset, "device": torch.device("cpu")},
             "trainer_name": trainer,
-            "inference_allowed_mirroring_axes": None,
+            "inference_allowed_mirroring_axes": mirroring_axes,
         }, folder / f"fold_{fold}" / "checkpoint_final.pth")
     return folder

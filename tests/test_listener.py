@@ -278,7 +278,8 @@ def test_store_response_written_directly_is_byte_for_byte_pynetdicoms(
 
 @pytest.mark.parametrize("sop_instance", ["1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.12"])
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.4.50"])
-def test_received_file_is_byte_for_byte_the_one_pynetdicom_would_write(sop_instance: str, syntax: str) -> None:
+def test_received_file_is_byte_for_byte_the_one_pynetdicom_would_write(sop_instance: str,
+                                                                        syntax: str) -> None:
     import io
 
     from pynetdicom.dsutils import create_file_meta, encode_file_meta

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from inference.pipelines.segmentation import SegmentationPipeline
 from inference.registry import ModelRegistry
 from inference.volume import Volume, load_series
 from tests.model_runs import LPS_TO_RAS, agreement, crop, radnode_labels
+from tests.nnunet_folders import write_nnunet_folder
 
 CLASSES = ("background", "lung", "vessel", "bone")
 # (slice, row, col) crop of the chest CT: 32 × 64 × 48 voxels; with a (32, 32, 24) patch and half
@@ -114,42 +114,14 @@ def _write_results_folder(root: Path, spacing: tuple[float, float, float], folds
                           patch: tuple[int, int, int] = WHOLE_BLOCK_PATCH,
                           reader: str = "SimpleITKIO") -> Path:
     """What ``nnUNetv2_train`` leaves in nnUNet_results, with random weights (one seed per fold)."""
-    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    def trained_scale(network: torch.nn.Module) -> None:  # see LOGIT_SCALE; every label present
+        network.decoder.seg_layers[-1].weight.mul_(LOGIT_SCALE)
+        network.decoder.seg_layers[-1].bias.copy_(torch.tensor([0.0, 0.05, -0.05, 0.0]) * LOGIT_SCALE)
 
     folder = root / "Dataset999_RadnodeTest" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-    folder.mkdir(parents=True)
-    plans = _plans(spacing, patch, reader)
-    dataset = {"channel_names": {"0": "CT"}, "labels": {name: i for i, name in enumerate(CLASSES)},
-               "numTraining": 10, "file_ending": ".nii.gz"}
-    (folder / "plans.json").write_text(json.dumps(plans, indent=2))
-    (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
-    kwargs = dict(plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"])
-    kwargs.update(conv_op=torch.nn.Conv3d, norm_op=torch.nn.InstanceNorm3d, nonlin=torch.nn.LeakyReLU)
-    for fold in range(folds):
-        torch.manual_seed(fold)
-        network = PlainConvUNet(input_channels=1, num_classes=len(CLASSES), deep_supervision=True, **kwargs)
-        with torch.no_grad():  # logits as large as a trained network's (see LOGIT_SCALE), every label present
-            network.decoder.seg_layers[-1].weight.mul_(LOGIT_SCALE)
-            network.decoder.seg_layers[-1].bias.copy_(torch.tensor([0.0, 0.05, -0.05, 0.0]) * LOGIT_SCALE)
-        (folder / f"fold_{fold}").mkdir()
-        torch.save({
-            "network_weights": network.state_dict(),
-            "optimizer_state": {},
-            "grad_scaler_state": None,
-            "logging": {  # nnU-Net's training log holds numpy scalars
-                "mean_fg_dice": [np.float64(0.5)], "ema_fg_dice": [np.float64(0.5)],
-                "dice_per_class_or_region": [[np.float64(0.5)] * 3], "train_losses": [np.float64(1.0)],
-                "val_losses": [np.float64(1.0)], "lrs": [0.01],
-                "epoch_start_timestamps": [time.time()], "epoch_end_timestamps": [time.time()],
-            },
-            "_best_ema": np.float64(0.5),
-            "current_epoch": 1,
-            "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": fold,
-                          "dataset_json": dataset, "device": torch.device("cpu")},
-            "trainer_name": "nnUNetTrainer",
-            "inference_allowed_mirroring_axes": (0, 1, 2),
-        }, folder / f"fold_{fold}" / "checkpoint_final.pth")
-    return folder
+    return write_nnunet_folder(folder, _plans(spacing, patch, reader), CLASSES[1:], folds=range(folds),
+                               mirroring_axes=(0, 1, 2), adjust=trained_scale)
 
 
 def _config(folder: Path, **overrides: Any) -> ModelConfig:
