@@ -11,7 +11,7 @@ admin sees in ``radnode status`` and the job record.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -54,6 +54,8 @@ class StudyJobs:
 
     def __init__(self, pipelines: Mapping[str, PipelineOptions]) -> None:
         self.pipelines = pipelines
+        # each complete series' facts, read once per revision rather than on every tick of a wait
+        self._facts: dict[tuple[int, int], SeriesFacts | None] = {}
 
     def takes_study(self, pipeline: str) -> bool:
         """Whether ``pipeline`` is study-level (has ``inputs``)."""
@@ -97,13 +99,22 @@ class StudyJobs:
         """Queue every waiting job whose inputs are complete (their ids); fail those out of time."""
         now = as_utc(now or utcnow())
         queued = []
+        looked_at: set[tuple[int, int]] = set()
+
+        def facts_of(series: Series) -> SeriesFacts | None:
+            key = (series.id, series.revision)
+            looked_at.add(key)
+            if key not in self._facts:
+                self._facts[key] = series_facts(series)
+            return self._facts[key]
+
         for job in session.scalars(select(Job).where(Job.state == JobState.WAITING).order_by(Job.id)):
             options = self.pipelines.get(job.pipeline)
             if options is None or not options.inputs:
                 self._fail(job, now, f"pipelines.{job.pipeline} no longer takes inputs (the configuration "
                                      "changed while the job waited)")
                 continue
-            chosen, missing = _choose(job.series.study.series, options.inputs)
+            chosen, missing = _choose(job.series.study.series, options.inputs, facts_of)
             if not missing:
                 job.inputs = chosen
                 job.state = JobState.QUEUED
@@ -115,6 +126,7 @@ class StudyJobs:
                                      f"study matched pipelines.{job.pipeline}.inputs within "
                                      f"{options.wait_seconds:g} s)")
         session.flush()
+        self._facts = {key: value for key, value in self._facts.items() if key in looked_at}
         return queued
 
     @staticmethod
@@ -125,7 +137,8 @@ class StudyJobs:
         job.finished_at = now
 
 
-def _choose(study_series: list[Series], inputs: list[PipelineInput]) -> tuple[dict[str, str], list[str]]:
+def _choose(study_series: list[Series], inputs: list[PipelineInput],
+            facts_of: Callable[[Series], SeriesFacts | None]) -> tuple[dict[str, str], list[str]]:
     """A different complete series for each input ({name: series UID}), and the required inputs missing.
 
     When several series match an input (a repeated sequence), the one completed last wins: a
@@ -134,7 +147,7 @@ def _choose(study_series: list[Series], inputs: list[PipelineInput]) -> tuple[di
     complete = sorted((s for s in study_series if s.state == SeriesState.COMPLETE),
                       key=lambda s: (as_utc(s.completed_at), s.id) if s.completed_at else (_NEVER, s.id),
                       reverse=True)
-    facts = {s.id: series_facts(s) for s in complete}
+    facts = {s.id: facts_of(s) for s in complete}
     chosen: dict[str, str] = {}
     used: set[int] = set()
     missing = []

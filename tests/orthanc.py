@@ -127,6 +127,13 @@ def wait_for(
         time.sleep(interval)
 
 
+class _Results(dict[str, list[bytes]]):
+    """Stored files by modality; shown as counts, so a timed-out wait does not print megabytes."""
+
+    def __repr__(self) -> str:
+        return repr({modality: f"{len(files)} file(s)" for modality, files in self.items()})
+
+
 class Orthanc(ServerProcess):
     """One Orthanc process with its own configuration, storage and log under ``workdir``.
 
@@ -433,14 +440,23 @@ class Orthanc(ServerProcess):
 
     def result_files(self, study_id: str,
                      modalities: tuple[str, ...] = ("SEG", "SR")) -> dict[str, list[bytes]]:
-        """The study's result objects by modality (SEG, SR), as stored files."""
-        found: dict[str, list[bytes]] = {}
+        """The study's result objects by modality (SEG, SR), as stored files, every series of each."""
+        found = _Results()
         for series in self.series_of_study(study_id):
             modality = series["MainDicomTags"].get("Modality")
             if modality in modalities:
-                found[modality] = [self.download_instance(instance["ID"])
-                                   for instance in self.instances_of_series(series["ID"])]
+                instances = self.instances_of_series(series["ID"])
+                found.setdefault(modality, []).extend(self.download_instance(i["ID"]) for i in instances)
         return found
+
+    def wait_for_results(self, study_id: str, what: str, timeout: float,
+                         modalities: tuple[str, ...] = ("SEG", "SR"),
+                         count: int = 1) -> dict[str, list[bytes]]:
+        """:meth:`result_files` once ``count`` objects of each of ``modalities`` have arrived
+        (AssertionError after ``timeout`` seconds, naming ``what``)."""
+        return wait_for(lambda: self.result_files(study_id, modalities), timeout=timeout, interval=1.0,
+                        until=lambda found: all(len(found.get(m, [])) >= count for m in modalities),
+                        what=what)
 
     def find_study(self, study_instance_uid: str) -> str | None:
         """Orthanc id of the study with this StudyInstanceUID, or ``None`` when it is not stored."""

@@ -20,7 +20,7 @@ from inference.pipelines.lung_qct import LungQCT
 from inference.volume import load_series
 from tests.dciodvfy import check_iod
 from tests.node_process import RadnodeProcess
-from tests.orthanc import Orthanc, wait_for
+from tests.orthanc import Orthanc
 
 pytestmark = pytest.mark.slow
 
@@ -75,13 +75,7 @@ def test_ct_study_sent_by_orthanc_comes_back_as_seg_and_sr_in_the_same_study(
         pacs.upload_folder(chest_ct_dir)
         study_id = pacs.send_study("radnode", study_uid)
         last_instance_sent = time.monotonic()
-        results = wait_for(
-            lambda: pacs.result_files(study_id),
-            timeout=RESULT_TIMEOUT_S,
-            interval=1.0,
-            until=lambda found: "SEG" in found and "SR" in found,
-            what="SEG and SR from radnode in Orthanc",
-        )
+        results = pacs.wait_for_results(study_id, "SEG and SR from radnode in Orthanc", RESULT_TIMEOUT_S)
         turnaround_s = time.monotonic() - last_instance_sent
         status = node.cli("status")
     print(f"last instance sent → SEG+SR in Orthanc: {turnaround_s:.1f} s")

@@ -34,7 +34,7 @@ from inference.volume import Volume, load_series
 from node.config import load_config
 from tests.dciodvfy import check_iod
 from tests.node_process import RadnodeProcess
-from tests.orthanc import Orthanc, wait_for
+from tests.orthanc import Orthanc
 
 CPU = torch.device("cpu")
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "radnode.yaml"
@@ -199,9 +199,7 @@ def test_lung_unet_study_routed_from_orthanc_comes_back_as_coded_seg_and_sr(
         pacs.upload_folder(chest_ct_dir)
         study_id = pacs.send_study("radnode", study_uid)
         start = time.monotonic()
-        results = wait_for(lambda: pacs.result_files(study_id), timeout=RESULT_TIMEOUT_S, interval=1.0,
-                           until=lambda found: "SEG" in found and "SR" in found,
-                           what="SEG and SR of lung-unet in Orthanc")
+        results = pacs.wait_for_results(study_id, "SEG and SR of lung-unet in Orthanc", RESULT_TIMEOUT_S)
         status = node.cli("status")
     print(f"last instance sent → lung-unet SEG+SR in Orthanc: {time.monotonic() - start:.1f} s")
 

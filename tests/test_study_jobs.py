@@ -38,7 +38,7 @@ from node.errors import ConfigError
 from node.store import Spool, read_header
 from tests.dciodvfy import check_iod
 from tests.node_process import RadnodeProcess
-from tests.orthanc import Orthanc, wait_for
+from tests.orthanc import Orthanc
 
 MR_DIR = Path(__file__).parent / "data" / "mr_brain_epi_ge"
 PRESET = Path(__file__).resolve().parent.parent / "config" / "presets" / "brain-tumor.yaml"
@@ -304,9 +304,7 @@ def test_brain_tumor_study_from_orthanc_comes_back_as_one_seg_on_the_t1c_grid_wi
             pacs.upload_folder(folder)
         study_id = pacs.send_study("radnode", study_uid)
         start = time.monotonic()
-        results = wait_for(lambda: pacs.result_files(study_id), timeout=RESULT_TIMEOUT_S, interval=1.0,
-                           until=lambda found: "SEG" in found and "SR" in found,
-                           what="SEG and SR of brain-tumor in Orthanc")
+        results = pacs.wait_for_results(study_id, "SEG and SR of brain-tumor in Orthanc", RESULT_TIMEOUT_S)
         status = node.cli("status")
     print(f"study sent → brain-tumor SEG+SR in Orthanc: {time.monotonic() - start:.1f} s")
 

@@ -28,6 +28,7 @@ equal to the argmax of the full blended logits first.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from collections.abc import Callable
@@ -470,13 +471,10 @@ def test_totalsegmentator_study_from_orthanc_comes_back_coded_and_a_missing_mode
 
     with node:
         pacs.upload_folder(chest_ct_dir)
-        study_id = pacs.find_study(study_uid)
-        assert study_id is not None
-        pacs.send_to_modality("radnode", [study_id])
+        study_id = pacs.send_study("radnode", study_uid)
         start = time.monotonic()
-        results = wait_for(lambda: pacs.result_files(study_id), timeout=RESULT_TIMEOUT_S, interval=1.0,
-                           until=lambda found: "SEG" in found and "SR" in found,
-                           what="SEG and SR of totalsegmentator-ct in Orthanc")
+        results = pacs.wait_for_results(study_id, "SEG and SR of totalsegmentator-ct in Orthanc",
+                                        RESULT_TIMEOUT_S)
         print(f"last instance sent → totalsegmentator-ct SEG+SR in Orthanc: {time.monotonic() - start:.1f} s")
         status = wait_for(lambda: node.cli("status"), timeout=60, interval=1.0,
                           until=lambda done: "mrsegmentator" in done.stdout and "failed" in done.stdout,
@@ -490,3 +488,56 @@ def test_totalsegmentator_study_from_orthanc_comes_back_coded_and_a_missing_mode
     assert status.returncode == 0, status.stderr
     job_lines = [line for line in status.stdout.splitlines() if "mrsegmentator" in line]
     assert any("failed" in line and f"{missing} does not exist" in line for line in job_lines), status.stdout
+
+
+@pytest.mark.slow
+def test_mrsegmentator_vista3d_and_the_merged_parts_come_back_from_orthanc_coded(
+    tmp_path: Path, chest_ct_dir: Path, chest: Volume, orthanc_factory: Callable[..., Orthanc]
+) -> None:
+    models = tmp_path / "models"
+    sections: dict[str, dict[str, Any]] = {"models": {}, "pipelines": {}}
+    for preset in ("mrsegmentator", "vista3d"):
+        for key, value in _sections(preset, BUILDERS[preset](models)).items():
+            sections[key].update(value)
+    names, registry = _part_registry(tmp_path / "parts")
+    sections["models"].update({name: {**registry.config(name).model_dump(mode="json", exclude_defaults=True),
+                                      "labels": "preset:totalsegmentator-ct"} for name in names})
+    sections["pipelines"][PARTS_PRESET] = {"model": names}
+    pipelines = {"mrsegmentator": "mrsegmentator", "vista3d": "vista3d", PARTS_PRESET: "totalsegmentator-ct"}
+    pacs = orthanc_factory()
+    node = RadnodeProcess(
+        tmp_path / "radnode",
+        destinations={"pacs": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}},
+        routes=[{"match": {"Modality": "CT"}, "pipelines": list(pipelines), "send_to": ["pacs"]}],
+        extra=sections,
+    )
+    pacs.add_modality("radnode", node.ae_title, "127.0.0.1", node.port)
+    study_uid = pydicom.dcmread(next(chest_ct_dir.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID
+
+    with node:
+        pacs.upload_folder(chest_ct_dir)
+        study_id = pacs.send_study("radnode", study_uid)
+        results = pacs.wait_for_results(study_id, "three SEGs and three SRs in Orthanc", RESULT_TIMEOUT_S,
+                                        count=len(pipelines))
+
+    by_algorithm = {}
+    for index, (seg_bytes, sr_bytes) in enumerate(_paired(results)):
+        seg_file, sr_file = tmp_path / f"seg{index}.dcm", tmp_path / f"sr{index}.dcm"
+        seg_file.write_bytes(seg_bytes)
+        sr_file.write_bytes(sr_bytes)
+        algorithm = pydicom.dcmread(seg_file, stop_before_pixels=True).SegmentSequence[0].SegmentAlgorithmName
+        by_algorithm[algorithm] = (seg_file, sr_file)
+    assert by_algorithm.keys() == {f"radnode {pipeline}" for pipeline in pipelines}
+    for pipeline, table in pipelines.items():
+        found = _check_results(table, *by_algorithm[f"radnode {pipeline}"], chest)
+        print(f"{pipeline}: {len(found)} structures present with random weights")
+
+
+def _paired(results: dict[str, list[bytes]]) -> list[tuple[bytes, bytes]]:
+    """Each SEG with the SR that references it (TID 1500 names the SEG's SOP Instance UID)."""
+    pairs = []
+    for seg_bytes in results["SEG"]:
+        uid = pydicom.dcmread(io.BytesIO(seg_bytes), stop_before_pixels=True).SOPInstanceUID
+        (sr_bytes,) = [sr for sr in results["SR"] if uid.encode() in sr]
+        pairs.append((seg_bytes, sr_bytes))
+    return pairs
