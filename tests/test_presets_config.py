@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.errors import ModelChecksumMismatch
+from inference.errors import ModelChecksumMismatch, ModelFileMissing
 from inference.formats import open_model
 from node.config import load_config
 from tests.node_process import radnode_cli
@@ -37,3 +37,14 @@ def test_preset_weights_installed_but_not_pinned_are_refused_saying_so(preset: P
         with pytest.raises(ModelChecksumMismatch, match=rf"models\.{name}\.sha256 is still the preset's "
                                                         rf"placeholder.*radnode model hash {installed}"):
             open_model(name, model.model_copy(update={"file": installed}))
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[path.stem for path in PRESETS])
+def test_preset_weights_not_installed_are_named_with_where_they_are_expected(preset: Path,
+                                                                            tmp_path: Path) -> None:
+    for name, model in load_config(preset).models.items():
+        missing = tmp_path / "models" / model.file.name
+        with pytest.raises(ModelFileMissing) as raised:
+            open_model(name, model.model_copy(update={"file": missing}))
+        assert f"model {name!r}: {missing} does not exist" in str(raised.value)
+        assert f"models.{name}.file" in str(raised.value)
