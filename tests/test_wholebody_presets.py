@@ -1,4 +1,4 @@
-"""The whole-body presets (config/presets/totalsegmentator-ct, -1.5mm, mrsegmentator, vista3d) on the real chest CT.
+"""The whole-body presets (totalsegmentator-ct, its 1.5 mm parts, mrsegmentator, vista3d) on the chest CT.
 
 Each preset's model folder is built here, in the format the published model ships, with random
 weights of its architecture and its real number of outputs; the preset's own ``models:`` entry
