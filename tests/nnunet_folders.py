@@ -31,12 +31,17 @@ _IMPORTED_KWARGS = ("conv_op", "norm_op", "dropout_op", "nonlin")
 
 def plain_conv_unet_plans(name: str, spacing: Sequence[float], patch: Sequence[int],
                           features: Sequence[int], *, normalization: str = "CTNormalization",
-                          reader: str = "SimpleITKIO") -> dict[str, Any]:
-    """Plans of nnU-Net's default planner for an isotropic 3d_fullres PlainConvUNet.
+                          reader: str = "SimpleITKIO", transpose_forward: Sequence[int] = (0, 1, 2),
+                          statistics: dict[str, float] | None = None) -> dict[str, Any]:
+    """Plans of nnU-Net's default planner for a 3d_fullres PlainConvUNet.
 
     ``features`` per stage sets the depth (one stage per entry: stride 1, then 2 per stage), 3³
-    kernels and two convolutions per stage, as ``ExperimentPlanner`` writes them.
+    kernels and two convolutions per stage, as ``ExperimentPlanner`` writes them. ``spacing`` and
+    ``patch`` are in the image's axis order; the plans hold them after ``transpose_forward``, as
+    nnU-Net does. ``statistics``: the foreground intensities CTNormalization uses.
     """
+    forward = list(transpose_forward)
+    spacing, patch = [spacing[i] for i in forward], [patch[i] for i in forward]
     stages = len(features)
     configuration = {
         "data_identifier": "nnUNetPlans_3d_fullres",
@@ -82,12 +87,12 @@ def plain_conv_unet_plans(name: str, spacing: Sequence[float], patch: Sequence[i
         "original_median_spacing_after_transp": list(spacing),
         "original_median_shape_after_transp": [2 * p for p in patch],
         "image_reader_writer": reader,
-        "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2],
+        "transpose_forward": forward,
+        "transpose_backward": [forward.index(axis) for axis in range(3)],
         "configurations": {"3d_fullres": configuration},
         "experiment_planner_used": "ExperimentPlanner",
         "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {"0": CT_STATISTICS},
+        "foreground_intensity_properties_per_channel": {"0": statistics or CT_STATISTICS},
     }
 
 

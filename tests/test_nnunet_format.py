@@ -30,7 +30,7 @@ from inference.pipelines.segmentation import SegmentationPipeline
 from inference.registry import ModelRegistry
 from inference.volume import Volume, load_series
 from tests.model_runs import LPS_TO_RAS, agreement, crop, radnode_labels
-from tests.nnunet_folders import write_nnunet_folder
+from tests.nnunet_folders import plain_conv_unet_plans, write_nnunet_folder
 
 CLASSES = ("background", "lung", "vessel", "bone")
 # (slice, row, col) crop of the chest CT: 32 × 64 × 48 voxels; with a (32, 32, 24) patch and half
@@ -43,7 +43,6 @@ TRANSPOSE_FORWARD = (2, 0, 1)  # the network sees (col, slice, row): plans spaci
 # faces: there its logits are rounded to about ±0.5. Random weights give logits of ~0.3, which that
 # rounding scrambles; scaled up to the few units a trained network's logits differ by, they survive it
 LOGIT_SCALE = 20.0
-_NOT_SEPARATE_Z = {"order_z": 0, "force_separate_z": None}
 CT_STATS = {"max": 2000.0, "mean": -350.0, "median": -420.0, "min": -1024.0,
             "percentile_00_5": -1000.0, "percentile_99_5": 900.0, "std": 420.0}
 
@@ -56,58 +55,8 @@ def ct_block(chest_ct_dir: Path) -> Volume:
 
 
 def _plans(spacing: tuple[float, float, float], patch: tuple[int, int, int], reader: str) -> dict[str, Any]:
-    forward = list(TRANSPOSE_FORWARD)
-    return {
-        "dataset_name": "Dataset999_RadnodeTest",
-        "plans_name": "nnUNetPlans",
-        "original_median_spacing_after_transp": [spacing[i] for i in forward],
-        "original_median_shape_after_transp": [patch[i] * 2 for i in forward],
-        "image_reader_writer": reader,
-        "transpose_forward": forward,
-        "transpose_backward": [int(i) for i in np.argsort(forward)],
-        "configurations": {
-            "3d_fullres": {
-                "data_identifier": "nnUNetPlans_3d_fullres",
-                "preprocessor_name": "DefaultPreprocessor",
-                "batch_size": 2,
-                "patch_size": [patch[i] for i in forward],
-                "median_image_size_in_voxels": [patch[i] * 2 for i in forward],
-                "spacing": [spacing[i] for i in forward],
-                "normalization_schemes": ["CTNormalization"],
-                "use_mask_for_norm": [False],
-                "resampling_fn_data": "resample_data_or_seg_to_shape",
-                "resampling_fn_seg": "resample_data_or_seg_to_shape",
-                "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, **_NOT_SEPARATE_Z},
-                "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, **_NOT_SEPARATE_Z},
-                "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-                "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, **_NOT_SEPARATE_Z},
-                "architecture": {
-                    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                    "arch_kwargs": {
-                        "n_stages": 3,
-                        "features_per_stage": [4, 8, 16],
-                        "conv_op": "torch.nn.modules.conv.Conv3d",
-                        "kernel_sizes": [[3, 3, 3]] * 3,
-                        "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
-                        "n_conv_per_stage": [2, 2, 2],
-                        "n_conv_per_stage_decoder": [2, 2],
-                        "conv_bias": True,
-                        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-                        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-                        "dropout_op": None,
-                        "dropout_op_kwargs": None,
-                        "nonlin": "torch.nn.LeakyReLU",
-                        "nonlin_kwargs": {"inplace": True},
-                    },
-                    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-                },
-                "batch_dice": False,
-            },
-        },
-        "experiment_planner_used": "ExperimentPlanner",
-        "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {"0": CT_STATS},
-    }
+    return plain_conv_unet_plans("Dataset999_RadnodeTest", spacing, patch, (4, 8, 16), reader=reader,
+                                 transpose_forward=TRANSPOSE_FORWARD, statistics=CT_STATS)
 
 
 def _write_results_folder(root: Path, spacing: tuple[float, float, float], folds: int,
