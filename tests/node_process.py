@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import yaml
 
@@ -20,6 +20,9 @@ from tests.dcmtk import echoscu
 from tests.orthanc import wait_for
 from tests.ports import free_port
 from tests.server_process import ServerProcess
+
+if TYPE_CHECKING:
+    from tests.orthanc import Orthanc
 
 __all__ = ["RadnodeProcess", "radnode_cli"]
 
@@ -73,6 +76,16 @@ class RadnodeProcess(ServerProcess):
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def beside(cls, pacs: Orthanc, workdir: Path, *, routes: list[dict[str, Any]],
+               extra: dict[str, Any] | None = None) -> RadnodeProcess:
+        """A node sending its results to ``pacs`` (destination ``pacs``), known there as ``radnode``."""
+        node = cls(workdir, destinations={"pacs": {"ae_title": pacs.aet, "host": "127.0.0.1",
+                                                   "port": pacs.dicom_port}},
+                   routes=routes, extra=extra)
+        pacs.add_modality("radnode", node.ae_title, "127.0.0.1", node.port)
+        return node
 
     def start(self) -> RadnodeProcess:
         command = ["serve", "--config", str(self.config_path)]

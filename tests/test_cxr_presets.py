@@ -396,14 +396,9 @@ def test_chest_radiograph_routed_from_orthanc_comes_back_with_findings_and_draft
     pacs = orthanc_factory()
     findings_preset, report_preset = _preset("cxr-findings"), _preset("cxr-report")
     route = {**findings_preset["routes"][0], "pipelines": ["cxr-findings", "cxr-report"], "send_to": ["pacs"]}
-    node = RadnodeProcess(
-        tmp_path / "radnode",
-        destinations={"pacs": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}},
-        routes=[route],
+    node = RadnodeProcess.beside(pacs, tmp_path / "radnode", routes=[route],
         extra={"models": entries,
-               "pipelines": {**findings_preset["pipelines"], **report_preset["pipelines"]}},
-    )
-    pacs.add_modality("radnode", node.ae_title, "127.0.0.1", node.port)
+               "pipelines": {**findings_preset["pipelines"], **report_preset["pipelines"]}})
     study_uid = pydicom.dcmread(CR_FILE, stop_before_pixels=True).StudyInstanceUID
 
     with node:

@@ -60,12 +60,10 @@ def test_ct_study_sent_by_orthanc_comes_back_as_seg_and_sr_in_the_same_study(
     orthanc_factory: Callable[..., Orthanc],
 ) -> None:
     pacs = orthanc_factory()
-    node = RadnodeProcess(
-        tmp_path / "radnode",
-        destinations={"pacs": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}},
+    node = RadnodeProcess.beside(
+        pacs, tmp_path / "radnode",
         routes=[{"match": {"Modality": "CT"}, "pipelines": ["lung-qct"], "send_to": ["pacs"]}],
     )
-    pacs.add_modality("radnode", node.ae_title, "127.0.0.1", node.port)
     sources = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p
                for p in sorted(chest_ct_dir.glob("*.dcm"))}
     source_headers = {uid: pydicom.dcmread(p, stop_before_pixels=True) for uid, p in sources.items()}

@@ -186,13 +186,11 @@ def test_lung_unet_study_routed_from_orthanc_comes_back_as_coded_seg_and_sr(
     tmp_path: Path, chest_ct_dir: Path, chest: Volume, orthanc_factory: Callable[..., Orthanc]
 ) -> None:
     pacs = orthanc_factory()
-    node = RadnodeProcess(
-        tmp_path / "radnode",
-        destinations={"pacs": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}},
+    node = RadnodeProcess.beside(
+        pacs, tmp_path / "radnode",
         routes=[{"match": {"Modality": "CT"}, "pipelines": [MODEL], "send_to": ["pacs"]}],
         extra=_demo_sections(),
     )
-    pacs.add_modality("radnode", node.ae_title, "127.0.0.1", node.port)
     study_uid = pydicom.dcmread(next(chest_ct_dir.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID
 
     with node:

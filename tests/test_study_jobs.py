@@ -290,13 +290,11 @@ def test_brain_tumor_study_from_orthanc_comes_back_as_one_seg_on_the_t1c_grid_wi
     tmp_path: Path, study: dict[str, Path], orthanc_factory: Callable[..., Orthanc]
 ) -> None:
     pacs = orthanc_factory()
-    node = RadnodeProcess(
-        tmp_path / "radnode",
-        destinations={"pacs": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}},
+    node = RadnodeProcess.beside(
+        pacs, tmp_path / "radnode",
         routes=[{"match": {"Modality": "MR"}, "pipelines": [PIPELINE], "send_to": ["pacs"]}],
         extra=_preset_sections(_brats_bundle(tmp_path / "models")),
     )
-    pacs.add_modality("radnode", node.ae_title, "127.0.0.1", node.port)
     study_uid = pydicom.dcmread(next(MR_DIR.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID
 
     with node:

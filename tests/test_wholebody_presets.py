@@ -449,14 +449,12 @@ def test_totalsegmentator_study_from_orthanc_comes_back_coded_and_a_missing_mode
     mr = _sections("mrsegmentator", missing, pin=False)
     sections = {key: {**ts[key], **mr[key]} for key in ("models", "pipelines")}
     pacs = orthanc_factory()
-    node = RadnodeProcess(
-        tmp_path / "radnode",
-        destinations={"pacs": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}},
+    node = RadnodeProcess.beside(
+        pacs, tmp_path / "radnode",
         routes=[{"match": {"Modality": "CT"}, "pipelines": ["totalsegmentator-ct", "mrsegmentator"],
                  "send_to": ["pacs"]}],
         extra=sections,
     )
-    pacs.add_modality("radnode", node.ae_title, "127.0.0.1", node.port)
     study_uid = pydicom.dcmread(next(chest_ct_dir.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID
 
     with node:
@@ -495,13 +493,11 @@ def test_mrsegmentator_vista3d_and_the_merged_parts_come_back_from_orthanc_coded
     sections["pipelines"][PARTS_PRESET] = {"model": names}
     pipelines = {"mrsegmentator": "mrsegmentator", "vista3d": "vista3d", PARTS_PRESET: "totalsegmentator-ct"}
     pacs = orthanc_factory()
-    node = RadnodeProcess(
-        tmp_path / "radnode",
-        destinations={"pacs": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}},
+    node = RadnodeProcess.beside(
+        pacs, tmp_path / "radnode",
         routes=[{"match": {"Modality": "CT"}, "pipelines": list(pipelines), "send_to": ["pacs"]}],
         extra=sections,
     )
-    pacs.add_modality("radnode", node.ae_title, "127.0.0.1", node.port)
     study_uid = pydicom.dcmread(next(chest_ct_dir.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID
 
     with node:
