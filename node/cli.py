@@ -384,7 +384,7 @@ def _route(config: Config, args: argparse.Namespace) -> int:
             dcmread(path, stop_before_pixels=True), args.calling_ae_title, args.called_ae_title
         )
         print(f"series {series_uid or '(no SeriesInstanceUID)'} (first file {path})")
-        print(describe(config.routes, facts))
+        print(describe(config.routes, facts, config.pipelines))
     return EXIT_OK
 
 

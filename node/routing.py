@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from node.config import ASSOCIATION_KEYS, Condition, Route
+from node.config import ASSOCIATION_KEYS, Condition, PipelineOptions, Route
 
 __all__ = ["Assignment", "RuleOutcome", "SeriesFacts", "assign", "describe", "evaluate", "explain"]
 
@@ -135,8 +135,10 @@ def assign(routes: Sequence[Route], facts: SeriesFacts) -> list[Assignment]:
     return [Assignment(name, tuple(targets)) for name, targets in destinations.items()]
 
 
-def describe(routes: Sequence[Route], facts: SeriesFacts) -> str:
-    """What ``radnode route --dry-run`` prints: each rule's verdict and why, then the result."""
+def describe(routes: Sequence[Route], facts: SeriesFacts,
+             pipelines: Mapping[str, PipelineOptions] | None = None) -> str:
+    """What ``radnode route --dry-run`` prints: each rule's verdict and why, then the result, and for
+    each study-level pipeline among ``pipelines`` which of its inputs the series would be."""
     lines = []
     for outcome in explain(routes, facts):
         if outcome.route.exclude:
@@ -149,4 +151,10 @@ def describe(routes: Sequence[Route], facts: SeriesFacts) -> str:
     lines.append("  pipelines: " + ("; ".join(
         f"{a.pipeline} -> {', '.join(a.destinations) or 'no destination'}" for a in assignments
     ) or "none"))
+    for assignment in assignments:
+        options = (pipelines or {}).get(assignment.pipeline)
+        for item in options.inputs if options is not None else ():
+            matched, reasons = evaluate(item.match, facts)
+            lines.append(f"  {assignment.pipeline} input {item.name}: "
+                         + ("fits" if matched else "does not fit") + f" ({'; '.join(reasons)})")
     return "\n".join(lines)

@@ -37,7 +37,7 @@ from node.db import Database, Job, JobState, Series
 from node.errors import ConfigError
 from node.store import Spool, read_header
 from tests.dciodvfy import check_iod
-from tests.node_process import RadnodeProcess
+from tests.node_process import RadnodeProcess, radnode_cli
 from tests.orthanc import Orthanc
 
 MR_DIR = Path(__file__).parent / "data" / "mr_brain_epi_ge"
@@ -326,3 +326,17 @@ def test_brain_tumor_study_from_orthanc_comes_back_as_one_seg_on_the_t1c_grid_wi
     check_iod(sr_file).assert_no_errors()
     assert status.returncode == 0, status.stderr
     assert PIPELINE in status.stdout and "succeeded" in status.stdout
+
+
+def test_route_dry_run_says_which_input_a_series_would_be(tmp_path: Path, study: dict[str, Path]) -> None:
+    config = tmp_path / "brain.yaml"
+    preset = PRESET.read_text(encoding="utf-8")
+    config.write_text(preset.replace('BodyPartExamined: {regex: "brain|head", ignore_case: true}', "")
+                      .replace("{Modality: MR, }", "{Modality: MR}"), encoding="utf-8")
+
+    routed = radnode_cli("route", "--dry-run", str(study["FLAIR"]), "--config", str(config))
+
+    assert routed.returncode == 0, routed.stderr
+    assert f"{PIPELINE} input FLAIR: fits (SeriesDescription is AX T2 FLAIR: ok)" in routed.stdout
+    assert (f"{PIPELINE} input T1c: does not fit (SeriesDescription is AX T2 FLAIR, does not match"
+            in routed.stdout)
