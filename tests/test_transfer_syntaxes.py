@@ -21,7 +21,7 @@ from pynetdicom import AE
 
 from inference.volume import load_series
 from node.dimse import StoreStatus
-from tests.conftest import DATA_DIR, SHARED_DATA_DIR
+from tests.conftest import DATA_DIR
 from tests.dcmtk import DCMTK_BIN, dcmtk_env, storescu
 from tests.listener_node import ListenerNode, dataset_bytes, dataset_values
 
@@ -49,9 +49,9 @@ CASES = [
     Case("jpeg-lossless-sv1", SAMPLES / "JPEG-LL.dcm", "-xs"),
     Case("jpeg-ls-lossless-enhanced-mr", SAMPLES / "emri_small_jpeg_ls_lossless.dcm", "-xt"),
     Case("jpeg-2000-lossless-ct", SAMPLES / "693_J2KR.dcm", "-xv"),
-    Case("jpeg-2000-lossy-cr", SHARED_DATA_DIR / "misc_pydicom_data" / "RG1_J2KI.dcm", "-xw"),
+    Case("jpeg-2000-lossy-cr", DATA_DIR / "cr_chest_pydicom" / "RG1_J2KI.dcm", "-xw"),
     Case("rle-enhanced-mr", SAMPLES / "emri_small_RLE.dcm", "-xr"),
-    Case("enhanced-ct-multiframe", SHARED_DATA_DIR / "misc_pydicom_data" / "eCT_Supplemental.dcm", "-xe"),
+    Case("enhanced-ct-multiframe", DATA_DIR / "enhanced_multiframe" / "eCT_Supplemental.dcm", "-xe"),
 ]
 
 
@@ -63,8 +63,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ListenerNode]:
 
 def _prepare(case: Case, folder: Path) -> Path:
     """The file to send: a copy with a fresh SOP Instance UID (so each send is a new instance)."""
-    if not case.source.exists():
-        pytest.skip(f"{case.source} is not present (shared test data)")
     source = case.source
     if case.convert:
         source = folder / "converted.dcm"
