@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from inference.errors import ModelError
 from inference.model_config import InputSpec, Normalization
 from inference.orientation import AxisMap, axis_map
 from inference.volume import Volume
@@ -65,10 +64,9 @@ def model_input(volume: Volume, spec: InputSpec, device: torch.device,
 
     ``extra`` are further channels on ``volume``'s grid (other series of the study, registered to it
     by :func:`inference.registration.onto_grid`), in the model's channel order after ``volume``; each
-    channel is normalised on its own, as multi-sequence MR models are trained.
+    channel is normalised on its own, as multi-sequence MR models are trained. The caller checks that
+    they are as many as ``spec.channels``.
     """
-    if 1 + len(extra) != spec.channels:
-        raise ModelError(f"the model takes {spec.channels} channel(s); {1 + len(extra)} series were given")
     axes = _axes(volume, spec)
     channels = []
     for voxels in (volume.voxels, *extra):

@@ -25,7 +25,7 @@ from node.config import PipelineInput, PipelineOptions
 from node.db import Job, JobState, Series, SeriesState, as_utc, utcnow
 from node.routing import Assignment, SeriesFacts, evaluate
 
-__all__ = ["MISSING_INPUT", "StudyJobs", "first_header", "series_facts"]
+__all__ = ["MISSING_INPUT", "StudyJobs", "series_facts"]
 
 log = logging.getLogger("radnode.completion")
 _NEVER = datetime.min.replace(tzinfo=UTC)
@@ -33,7 +33,7 @@ MISSING_INPUT = "missing input"
 """How the reason of a study job that timed out starts: retrying it waits for its inputs again."""
 
 
-def first_header(series: Series) -> Dataset | None:
+def _first_header(series: Series) -> Dataset | None:
     """The header of one stored instance of ``series``: what routes and inputs match against."""
     for instance in series.instances:
         try:
@@ -45,7 +45,7 @@ def first_header(series: Series) -> Dataset | None:
 
 def series_facts(series: Series) -> SeriesFacts | None:
     """What rules match against for ``series``; None when none of its files can be read."""
-    header = first_header(series)
+    header = _first_header(series)
     return None if header is None else SeriesFacts(header, series.calling_ae_title, series.called_ae_title)
 
 
@@ -64,18 +64,15 @@ class StudyJobs:
 
     def join(
         self, session: Session, series: Series, facts: SeriesFacts, assignment: Assignment
-    ) -> Job | None:
-        """Start the study's waiting job for ``assignment.pipeline``, or join the one there is.
-
-        Returns the new job (to be flushed by the caller), or None when the series joined an
-        existing one or is none of the pipeline's inputs (a localizer sent with the study).
-        """
+    ) -> None:
+        """Start the study's waiting job for ``assignment.pipeline``, or join the one there is; a
+        series that is none of the pipeline's inputs (a localizer sent with the study) does neither."""
         inputs = self.pipelines[assignment.pipeline].inputs
         fits = [item.name for item in inputs if evaluate(item.match, facts)[0]]
         if not fits:
             log.info("series is none of the inputs of a study pipeline series=%s pipeline=%s inputs=%s",
                      series.series_instance_uid, assignment.pipeline, ",".join(i.name for i in inputs))
-            return None
+            return
         waiting = session.scalar(
             select(Job).join(Series, Job.series_id == Series.id)
             .where(Series.study_id == series.study_id, Job.pipeline == assignment.pipeline,
@@ -87,13 +84,11 @@ class StudyJobs:
                                     *(d for d in assignment.destinations if d not in waiting.destinations)]
             log.info("series joins a waiting study job job=%d series=%s as=%s",
                      waiting.id, series.series_instance_uid, ",".join(fits))
-            return None
+            return
         log.info("study job waits for its inputs pipeline=%s series=%s as=%s",
                  assignment.pipeline, series.series_instance_uid, ",".join(fits))
-        job = Job(series_id=series.id, pipeline=assignment.pipeline, revision=series.revision,
-                  destinations=list(assignment.destinations), state=JobState.WAITING)
-        session.add(job)
-        return job
+        session.add(Job(series_id=series.id, pipeline=assignment.pipeline, revision=series.revision,
+                        destinations=list(assignment.destinations), state=JobState.WAITING))
 
     def resolve(self, session: Session, now: datetime | None = None) -> list[int]:
         """Queue every waiting job whose inputs are complete (their ids); fail those out of time."""

@@ -17,8 +17,7 @@ from inference.formats.base import ModelSource
 from inference.model_config import UNPINNED_SHA256, LabelSpec, ModelConfig
 
 __all__ = [
-    "OPENERS", "ModelSource", "check_pinned", "file_sha256", "labels_by_name", "model_sha256", "open_model",
-    "tree_sha256",
+    "OPENERS", "ModelSource", "check_pinned", "file_sha256", "model_sha256", "open_model", "tree_sha256",
 ]
 
 HASH_CHUNK_BYTES = 1 << 20
@@ -109,10 +108,10 @@ def open_model(name: str, config: ModelConfig) -> ModelSource:
         source: ModelSource = opener.open_source(name, config, config.sha256)  # checked above
         return source
     named = opener.open_source(name, config.model_copy(update={"labels": {}}), config.sha256)
-    return dataclasses.replace(named, labels=labels_by_name(name, config, named.class_names))
+    return dataclasses.replace(named, labels=_labels_by_name(name, config, named.class_names))
 
 
-def labels_by_name(name: str, config: ModelConfig, class_names: dict[int, str]) -> dict[int, LabelSpec]:
+def _labels_by_name(name: str, config: ModelConfig, class_names: dict[int, str]) -> dict[int, LabelSpec]:
     """The coded label of each class the model names (``labels_by: name``), by output value."""
     if not class_names:
         raise ModelFormatError(f"model {name!r}: labels_by: name needs a model that names its classes "

@@ -27,15 +27,14 @@ from dicom_sr.codes import Code
 from inference.errors import ModelError, NotApplicable
 from inference.findings import Algorithm, Findings, Measurement, MeasurementGroup, Segment
 from inference.model_config import InputSpec, LabelSpec
+from inference.pipelines.base import VERSION_DIGITS
 from inference.preprocess import labels_to_volume, model_input, probability_to_volume
 from inference.registry import ModelRegistry
 from inference.sliding_window import sliding_window, sliding_window_labels
 from inference.volume import Volume
 
-__all__ = ["VERSION_DIGITS", "SegmentationPipeline"]
+__all__ = ["SegmentationPipeline"]
 
-VERSION_DIGITS = 12
-"""Without a configured version, the pipeline's version is this many hex digits of the model's SHA-256."""
 _PROCEDURE = {
     "CT": codes.CT_UNSPECIFIED_BODY_REGION,
     "MR": codes.MRI_UNSPECIFIED_BODY_REGION,
