@@ -1,24 +1,23 @@
-"""pynetdicom's association acceptor, with the waits taken out of its receive path.
+"""pynetdicom's association acceptor, with the waits and copies taken out of its receive path.
 
 pynetdicom 3.0 runs each association as two threads: the DUL reads PDUs from the socket and
 queues complete DIMSE messages; the association's reactor takes them off the queue and calls the
-handlers. Measured on one storescu association (py-spy, BENCHMARKS.md), three of its habits cost
-time on every instance, and are changed here by subclassing, not by patching pynetdicom:
+handlers. Measured on one storescu association (py-spy, BENCHMARKS.md), its habits cost time on
+every instance, and are changed here by subclassing, not by patching pynetdicom:
 
+- C-STORE requests pass through its state machine, PDU, primitive and message objects and both
+  threads: :class:`~node.store_path.StoringDUL` serves them on the DUL thread, straight from the
+  P-DATA bytes, and hands every other message back to pynetdicom;
 - the reactor sleeps a fixed 1 ms before each look at the message queue, so each complete
-  request waits up to 1 ms before its handler runs: :class:`ReceivingAssociation` waits on the
-  queue itself and serves a request the moment it is complete;
+  request it serves (C-ECHO, release) waits up to 1 ms: :class:`ReceivingAssociation` waits on
+  the queue itself;
 - the socket is read 4 KiB per ``recv`` call (128 calls, each a new bytes object, for a 512 KiB
   CT slice): :class:`ReceivingSocket` reads each PDU into one buffer with ``recv_into``;
 - the DUL polls the socket (``select`` with a zero timeout) and sleeps whenever neither the
   socket nor its queue of outgoing primitives had anything, which delays each request and each
   response by up to that sleep (1 ms), or, with a shorter sleep, spends the CPU on polling:
   :class:`ReceivingSocket` waits in ``select`` on the socket *and* on a wake-up pipe that the
-  queue of outgoing primitives writes to, so the DUL sleeps until there is work and starts it at once;
-- each C-STORE response is built as a pydicom Dataset, encoded element by element and framed
-  (0.9 ms of the ~7 ms a CT slice took): :class:`RespondingDIMSE` writes its seven elements
-  straight to bytes (:func:`store_response_command`), the same bytes pynetdicom would send,
-  and leaves every other message, and any response with an error comment, to pynetdicom.
+  queue of outgoing primitives writes to, so the DUL sleeps until there is work and starts it at once.
 
 Everything else (state machine, negotiation, events, timeouts, TLS) is pynetdicom's own.
 """
@@ -31,23 +30,17 @@ import os
 import queue
 import select
 import ssl
-import struct
 import threading
 import weakref
 from typing import Any, cast
 
-from pynetdicom import AE, evt
-from pynetdicom._handlers import standard_dimse_sent_handler
+from pynetdicom import AE, _handlers, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-__all__ = [
-    "ReceivingAssociation", "ReceivingSocket", "RespondingDIMSE", "start_receiving_server",
-    "store_response_command",
-]
+from node.store_path import StoreHandler, StoringDUL
+
+__all__ = ["ReceivingAssociation", "ReceivingSocket", "start_receiving_server"]
 
 # pynetdicom's association log, so that radnode's associations log as any other pynetdicom one
 LOGGER = logging.getLogger("pynetdicom.association")
@@ -58,13 +51,15 @@ REACTOR_CHECK_SECONDS = 0.001
 
 
 class ReceivingSocket(AssociationSocket):
-    """An association socket that reads a whole PDU into one buffer, and whose :attr:`ready`
-    waits until the peer sent data or :meth:`wake` was called (at most REACTOR_CHECK_SECONDS).
+    """An association socket that reads a whole PDU into one buffer, whose :attr:`ready` waits
+    until the peer sent data or :meth:`wake` was called (at most REACTOR_CHECK_SECONDS), and
+    that can be given back bytes already read (:meth:`push_back`).
     """
 
     def enable_wakeup(self) -> None:
         """Create the wake-up pipe; it is closed when nothing can use it any more (garbage
         collection of this socket, which the DUL and the outgoing queue both hold)."""
+        self._pushed_back = b""
         self._wake_receive, self._wake_send = os.pipe()
         os.set_blocking(self._wake_receive, False)
         os.set_blocking(self._wake_send, False)
@@ -75,9 +70,16 @@ class ReceivingSocket(AssociationSocket):
         with contextlib.suppress(OSError):  # already pending (buffer full), or the association ended
             os.write(self._wake_send, b"\0")
 
+    def push_back(self, data: bytes | bytearray) -> None:
+        """Make ``data`` the next bytes :meth:`recv` returns, ahead of what the peer sends next:
+        a PDU read by the C-STORE path (node/store_path.py) and left to pynetdicom."""
+        self._pushed_back = bytes(data) + self._pushed_back
+
     @property
     def ready(self) -> bool:
         """Whether data from the peer can be read, after waiting for it or for :meth:`wake`."""
+        if self._pushed_back:
+            return True
         peer = self.socket if self._is_connected else None
         if isinstance(peer, ssl.SSLSocket) and peer.pending():
             return True  # TLS data already decrypted, which select cannot see
@@ -96,7 +98,10 @@ class ReceivingSocket(AssociationSocket):
     def recv(self, nr_bytes: int) -> bytearray:
         """Read ``nr_bytes`` (fewer only if the peer closed the connection), as pynetdicom's."""
         buffer = bytearray(nr_bytes)
-        nr_read = 0
+        nr_read = min(nr_bytes, len(self._pushed_back))
+        if nr_read:
+            buffer[:nr_read] = self._pushed_back[:nr_read]
+            self._pushed_back = self._pushed_back[nr_read:]
         with memoryview(buffer) as view:
             while nr_read < nr_bytes:
                 count = self.socket.recv_into(view[nr_read:], nr_bytes - nr_read)  # type: ignore[union-attr]
@@ -175,59 +180,6 @@ class ReceivingAssociation(Association):
                 return
 
 
-_C_STORE_RSP = 0x8001
-_NO_DATA_SET = 0x0101
-_LAST_COMMAND_FRAGMENT = b"\x03"  # message control header: command, last fragment (PS3.8 E.2)
-
-
-def _element(element: int, value: bytes) -> bytes:
-    """One command element, Implicit VR Little Endian (the command set's encoding, PS3.7 6.3.1)."""
-    return struct.pack("<HHI", 0x0000, element, len(value)) + value
-
-
-def _uid(value: str) -> bytes:
-    encoded = value.encode("ascii")
-    return encoded + b"\0" if len(encoded) % 2 else encoded
-
-
-def store_response_command(rsp: C_STORE) -> bytes | None:
-    """The encoded command set of a C-STORE response (PS3.7 9.3.1.2), or None when it carries more
-    than status and UIDs (an error comment or offending element: pynetdicom encodes those)."""
-    if rsp.MessageIDBeingRespondedTo is None or rsp.Status is None:
-        return None
-    if rsp.ErrorComment or rsp.OffendingElement:
-        return None
-    body = b"".join((
-        _element(0x0002, _uid(rsp.AffectedSOPClassUID)) if rsp.AffectedSOPClassUID else b"",
-        _element(0x0100, struct.pack("<H", _C_STORE_RSP)),
-        _element(0x0120, struct.pack("<H", rsp.MessageIDBeingRespondedTo)),
-        _element(0x0800, struct.pack("<H", _NO_DATA_SET)),
-        _element(0x0900, struct.pack("<H", rsp.Status)),
-        _element(0x1000, _uid(rsp.AffectedSOPInstanceUID)) if rsp.AffectedSOPInstanceUID else b"",
-    ))
-    return _element(0x0000, struct.pack("<I", len(body))) + body
-
-
-class RespondingDIMSE(DIMSEServiceProvider):
-    """pynetdicom's DIMSE provider; a plain C-STORE response goes out as bytes built directly."""
-
-    def send_msg(self, primitive: Any, context_id: int) -> None:
-        command = store_response_command(primitive) if isinstance(primitive, C_STORE) else None
-        limit = self.maximum_pdu_size  # 0: no limit; a PDV adds 6 bytes to its fragment
-        if command is None or 0 < limit < len(command) + 6 or self._sent_handlers_bound():
-            super().send_msg(primitive, context_id)
-            return
-        pdata = P_DATA()
-        pdata.presentation_data_value_list.append((context_id, _LAST_COMMAND_FRAGMENT + cast(bytes, command)))
-        self.dul.send_pdu(pdata)
-
-    def _sent_handlers_bound(self) -> bool:
-        """Whether anything but pynetdicom's logging handler (which logs nothing for a C-STORE
-        response) listens for sent messages: those need pynetdicom's message object."""
-        return any(handler is not standard_dimse_sent_handler
-                   for handler, _ in self.assoc.get_handlers(evt.EVT_DIMSE_SENT))
-
-
 class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
     """The DUL's queue of outgoing primitives; each put wakes the DUL's wait on the socket."""
 
@@ -240,30 +192,54 @@ class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
         self._socket.wake()
 
 
-class _ReceivingRequestHandler(RequestHandler):
-    """pynetdicom's request handler, building radnode's association and socket classes.
+# Events that fire per PDU or per DIMSE message: a subscriber to one of them (other than
+# pynetdicom's own logging) needs pynetdicom's objects, so C-STORE requests are left to pynetdicom.
+_MESSAGE_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_DIMSE_RECV,
+                   evt.EVT_DATA_SENT, evt.EVT_PDU_SENT, evt.EVT_DIMSE_SENT)
 
-    pynetdicom constructs both inline; the subclasses only override methods, so the objects it
+
+class _ReceivingServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, holding the handler that the C-STORE path calls."""
+
+    store: StoreHandler | None = None
+
+
+class _ReceivingRequestHandler(RequestHandler):
+    """pynetdicom's request handler, building radnode's association, DUL and socket classes.
+
+    pynetdicom constructs them inline; the subclasses only override methods, so the objects it
     built are given their class before the association thread starts.
     """
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         assoc.__class__ = ReceivingAssociation
-        assoc.dimse.__class__ = RespondingDIMSE
         sock = cast(ReceivingSocket, assoc.dul.socket)
         sock.__class__ = ReceivingSocket
         sock.enable_wakeup()
         assoc.dul.to_provider_queue = _WakingQueue(sock)
         assoc.dul._run_loop_delay = 0  # the DUL waits in ReceivingSocket.ready instead
+        store = cast(_ReceivingServer, self.server).store
+        if store is not None and not _message_handlers_bound(assoc):
+            assoc.dul.__class__ = StoringDUL
+            cast(StoringDUL, assoc.dul).serve_stores(store)
         return assoc
 
 
-def start_receiving_server(ae: AE, address: tuple[str, int], **kwargs: Any) -> ThreadedAssociationServer:
-    """Like ``ae.start_server(address, block=False, **kwargs)``, with the classes above."""
-    server = ae.make_server(
-        address, server_class=ThreadedAssociationServer, request_handler=_ReceivingRequestHandler, **kwargs
-    )
+def _message_handlers_bound(assoc: Association) -> bool:
+    return any(not getattr(handler, "__module__", "").startswith(_handlers.__name__)
+               for event in _MESSAGE_EVENTS for handler, _ in assoc.get_handlers(event))
+
+
+def start_receiving_server(
+    ae: AE, address: tuple[str, int], store: StoreHandler, **kwargs: Any
+) -> ThreadedAssociationServer:
+    """Like ``ae.start_server(address, block=False, **kwargs)``, with the classes above; C-STORE
+    requests are served by ``store`` (bind ``evt.EVT_C_STORE`` as well, for those pynetdicom serves)."""
+    server = cast(_ReceivingServer, ae.make_server(
+        address, server_class=_ReceivingServer, request_handler=_ReceivingRequestHandler, **kwargs
+    ))
+    server.store = store
     thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{address[1]}", daemon=True)
     thread.start()
     ae._servers.append(server)  # what start_server does: server.shutdown() removes it again

@@ -51,7 +51,7 @@ class _Unsure(Exception):
     """The bytes are not what the fast scan reads with certainty: pydicom decides."""
 
 
-def scan_identifiers(part10: bytes) -> dict[str, str] | None:
+def scan_identifiers(part10: bytes | bytearray) -> dict[str, str] | None:
     """The identifying attributes present in a Part 10 byte string, as text (``None``: ask pydicom).
 
     Values are the raw bytes decoded as Latin-1 with padding stripped, as the receive path has
@@ -120,7 +120,7 @@ def _element(data: bytes, position: int, implicit: bool) -> tuple[int, bytes, in
     tag = group << 16 | number
     if implicit or group == 0xFFFE:  # items and delimiters have no VR (PS3.5 7.5)
         return tag, b"", position + 8, _LONG_LENGTH.unpack_from(data, position + 4)[0]
-    vr = data[position + 4:position + 6]
+    vr = bytes(data[position + 4:position + 6])
     if vr in _LONG_VRS:
         return tag, vr, position + 12, _LONG_LENGTH.unpack_from(data, position + 8)[0]
     if vr in _SHORT_VRS:

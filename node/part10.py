@@ -14,9 +14,9 @@ from io import BytesIO
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-__all__ = ["file_meta", "part10_file"]
+__all__ = ["PREAMBLE", "file_meta", "part10_file"]
 
-_PREAMBLE = b"\x00" * 128 + b"DICM"
+PREAMBLE = b"\x00" * 128 + b"DICM"
 
 
 def _short(element: int, vr: bytes, value: bytes) -> bytes:
@@ -49,4 +49,4 @@ def part10_file(
     """Preamble, ``DICM``, the meta information, then the data set as received (copied once)."""
     meta = file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid)
     with data_set.getbuffer() as received:
-        return b"".join((_PREAMBLE, meta, received))
+        return b"".join((PREAMBLE, meta, received))

@@ -79,7 +79,7 @@ def _raw_text(ds: Dataset, keyword: str) -> str | None:
     return text.strip("\x00 ")
 
 
-def read_header(part10: bytes) -> InstanceHeader:
+def read_header(part10: bytes | bytearray) -> InstanceHeader:
     """Read and validate the identifying attributes of a Part 10 byte string.
 
     Only the named attributes are decoded; pixel data is never touched. The fast scan
@@ -205,7 +205,7 @@ class Spool:
         self.root.mkdir(parents=True, exist_ok=True)
         return shutil.disk_usage(self.root).free
 
-    def write(self, header: InstanceHeader, part10: bytes, *, sync: bool = True) -> Path:
+    def write(self, header: InstanceHeader, part10: bytes | bytearray, *, sync: bool = True) -> Path:
         """Write ``part10`` durably and return its path; raise OutOfSpace below the floor.
 
         Re-writing an instance that is already stored replaces it atomically (a re-send). With

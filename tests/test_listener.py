@@ -6,7 +6,9 @@ peers are pynetdicom's SCU and DCMTK's echoscu/storescu.
 
 from __future__ import annotations
 
+import io
 import logging
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -243,37 +245,66 @@ def test_open_association_keeps_its_series_busy_until_released(
     wait_for(node.tracker.busy_series, until=lambda busy: not busy, timeout=5, what="release")
 
 
-@pytest.mark.parametrize(
-    ("sop_class", "sop_instance", "status"),
-    [
-        (CTImageStorage, "1.2.826.0.1.3680043.8.498.1", StoreStatus.SUCCESS),  # odd length: padded
-        (CTImageStorage, "1.2.826.0.1.3680043.8.498.12", 0xB000),  # even length; a warning
-        (None, "1.2.3", StoreStatus.SUCCESS),  # the UIDs are optional in a response
-        (CTImageStorage, None, StoreStatus.OUT_OF_RESOURCES),
-    ],
-)
-def test_store_response_written_directly_is_byte_for_byte_pynetdicoms(
-    sop_class: str | None, sop_instance: str | None, status: int
+def test_storescu_in_4_kib_pdus_is_stored_byte_for_byte(node: _Node, chest_ct_dir: Path) -> None:
+    """A CT slice in 128 P-DATA PDUs: the receive path joins its fragments into the data set sent."""
+    sent = _slices(chest_ct_dir, 2)
+    result = storescu("127.0.0.1", node.port, AE_TITLE, sent, extra_args=["--max-send-pdu", "4096"])
+    assert result.returncode == 0, result.stderr
+
+    for path in sent:
+        uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        [stored] = node.spool.root.rglob(f"{uid}.dcm")
+        assert pydicom.dcmread(stored) == pydicom.dcmread(path)  # storescu may send it implicit VR
+
+
+def test_store_left_to_pynetdicom_is_stored_and_the_next_one_is_served_directly(
+    node: _Node, association, chest_ct_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pynetdicom.dimse_messages import C_STORE_RSP
+    """A request whose command set comes in two fragments goes through pynetdicom's own path."""
+    from pynetdicom.dimse_messages import C_STORE_RQ
     from pynetdicom.dimse_primitives import C_STORE
     from pynetdicom.dsutils import encode
 
-    from node.acceptor import store_response_command
+    from node.pdata import COMMAND, LAST, p_data_tf
+    from node.store_path import StoringDUL
 
-    rsp = C_STORE()
-    rsp.MessageIDBeingRespondedTo = 65535
-    if sop_class:
-        rsp.AffectedSOPClassUID = sop_class
-    if sop_instance:
-        rsp.AffectedSOPInstanceUID = sop_instance
-    rsp.Status = status
-    message = C_STORE_RSP()
-    message.primitive_to_message(rsp)
+    served_directly: list[str] = []
+    respond = StoringDUL._respond
+    monkeypatch.setattr(StoringDUL, "_respond", lambda dul, request: (
+        served_directly.append(str(request.command.sop_instance_uid)), respond(dul, request)))
 
-    assert store_response_command(rsp) == encode(message.command_set, True, True)
-    rsp.ErrorComment = "Out of resources"  # more than status and UIDs: left to pynetdicom
-    assert store_response_command(rsp) is None
+    first, second = _slices(chest_ct_dir, 2)
+    ds = pydicom.dcmread(first)
+    context = next(cx for cx in association.accepted_contexts
+                   if cx.transfer_syntax[0] == ImplicitVRLittleEndian)
+    request = C_STORE()
+    request.MessageID = 41
+    request.AffectedSOPClassUID = ds.SOPClassUID
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 2
+    request.DataSet = io.BytesIO(b"")
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    command = encode(message.command_set, True, True)
+    data_set = encode(ds, True, True)
+    association._reactor_checkpoint.clear()  # as pynetdicom's send_*() do: its reactor must not
+    while not association._is_paused:        # take the response off the queue first
+        time.sleep(0.001)
+    try:
+        association.dul.socket.send(
+            p_data_tf([(context.context_id, COMMAND, command[:40])])
+            + p_data_tf([(context.context_id, COMMAND | LAST, command[40:])])
+            + p_data_tf([(context.context_id, LAST, data_set)])
+        )
+        _, response = association.dimse.get_msg(block=True)
+    finally:
+        association._reactor_checkpoint.set()
+
+    assert (response.MessageIDBeingRespondedTo, response.Status) == (41, StoreStatus.SUCCESS)
+    assert served_directly == []
+    assert association.send_c_store(second).Status == StoreStatus.SUCCESS
+    assert served_directly == [pydicom.dcmread(second).SOPInstanceUID]
+    assert node.stored_uids() == {ds.SOPInstanceUID, pydicom.dcmread(second).SOPInstanceUID}
 
 
 @pytest.mark.parametrize("sop_instance", ["1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.12"])

@@ -1,0 +1,163 @@
+"""The C-STORE receive path's own reading of P-DATA: the same bytes pynetdicom reads and writes.
+
+node/pdata.py and node/store_path.py read command sets and PDV items without pynetdicom's
+objects; these tests hold them to pynetdicom's encoders, and to the hand-back of every message
+the path does not serve.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.sop_class import CTImageStorage
+
+from node.dimse import StoreStatus
+from node.part10 import part10_file
+from node.pdata import (
+    COMMAND,
+    LAST,
+    p_data_tf,
+    presentation_data_values,
+    read_command,
+    store_response_command,
+)
+from node.store_path import ProtocolError, StoreMessages
+
+_CONTEXT = 1
+_SYNTAX = "1.2.840.10008.1.2.1"
+_SOP = "1.2.826.0.1.3680043.8.498.1"
+
+
+def _store_command(message_id: int = 7, sop_instance: str = _SOP) -> bytes:
+    request = C_STORE()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = sop_instance
+    request.Priority = 2
+    request.DataSet = io.BytesIO(b"\0\0")
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    return encode(message.command_set, True, True)
+
+
+def _echo_command() -> bytes:
+    request = C_ECHO()
+    request.MessageID = 3
+    request.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    message = C_ECHO_RQ()
+    message.primitive_to_message(request)
+    return encode(message.command_set, True, True)
+
+
+def _body(pdu: bytes) -> bytes:
+    return pdu[6:]
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "sop_instance", "status", "comment"),
+    [
+        (CTImageStorage, "1.2.826.0.1.3680043.8.498.1", StoreStatus.SUCCESS, ""),  # odd length: padded
+        (CTImageStorage, "1.2.826.0.1.3680043.8.498.12", 0xB000, ""),  # even length; a warning
+        (None, "1.2.3", StoreStatus.SUCCESS, ""),  # the UIDs are optional in a response
+        (CTImageStorage, None, StoreStatus.OUT_OF_RESOURCES, "Out of resources"),
+        (CTImageStorage, "1.2.3.4", 0xA900, "SOPInstanceUID 1.2 differs"),  # odd comment: space-padded
+    ],
+)
+def test_store_response_is_byte_for_byte_pynetdicoms(
+    sop_class: str | None, sop_instance: str | None, status: int, comment: str
+) -> None:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 65535
+    if sop_class:
+        rsp.AffectedSOPClassUID = sop_class
+    if sop_instance:
+        rsp.AffectedSOPInstanceUID = sop_instance
+    rsp.Status = status
+    if comment:
+        rsp.ErrorComment = comment
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+
+    assert store_response_command(65535, sop_class, sop_instance, status, comment) == encode(
+        message.command_set, True, True
+    )
+
+
+def test_command_set_encoded_by_pynetdicom_is_read_back() -> None:
+    command = read_command(_store_command(message_id=513))
+    assert (command.command_field, command.message_id) == (0x0001, 513)
+    assert (command.sop_class_uid, command.sop_instance_uid) == (CTImageStorage, _SOP)
+    assert command.has_data_set and command.is_store_request
+    assert not read_command(_echo_command()).is_store_request
+
+
+def test_store_request_in_many_fragments_becomes_the_file_pynetdicom_would_write() -> None:
+    data_set = bytes(range(256)) * 40
+    messages = StoreMessages({_CONTEXT: _SYNTAX})
+    first = p_data_tf([(_CONTEXT, COMMAND | LAST, _store_command()), (_CONTEXT, 0, data_set[:1000])])
+    assert messages.take(_body(first)) == ([], None)
+    middle = p_data_tf([(_CONTEXT, 0, data_set[1000:5000]), (_CONTEXT, 0, data_set[5000:9000])])
+    assert messages.take(_body(middle)) == ([], None)
+
+    complete, rest = messages.take(_body(p_data_tf([(_CONTEXT, LAST, data_set[9000:])])))
+
+    assert rest is None
+    [request] = complete
+    assert request.command.message_id == 7
+    assert bytes(request.part10) == part10_file(CTImageStorage, _SOP, _SYNTAX, io.BytesIO(data_set))
+
+
+def test_echo_goes_back_to_pynetdicom_and_the_next_store_is_served_here() -> None:
+    messages = StoreMessages({_CONTEXT: _SYNTAX})
+    echo = p_data_tf([(_CONTEXT, COMMAND | LAST, _echo_command())])
+    assert messages.take(_body(echo)) == ([], echo)
+
+    store = p_data_tf([(_CONTEXT, COMMAND | LAST, _store_command()), (_CONTEXT, LAST, b"\x08\x00")])
+    complete, rest = messages.take(_body(store))
+    assert rest is None and len(complete) == 1
+
+
+def test_store_with_a_fragmented_command_stays_pynetdicoms_to_its_last_data_fragment() -> None:
+    """From the first item not served here, that message's items all go to pynetdicom."""
+    messages = StoreMessages({_CONTEXT: _SYNTAX})
+    command = _store_command()
+    served = p_data_tf([(_CONTEXT, COMMAND | LAST, _store_command(1, "1.2.3")),
+                        (_CONTEXT, LAST, b"\x08\x00")])
+    foreign_start = [(_CONTEXT, COMMAND, command[:30])]
+
+    # one PDU: a request served here, then the start of one that is not
+    pdu = p_data_tf([(_CONTEXT, COMMAND | LAST, _store_command(1, "1.2.3")), (_CONTEXT, LAST, b"\x08\x00"),
+                     *foreign_start])
+    complete, rest = messages.take(_body(pdu))
+    assert [r.command.sop_instance_uid for r in complete] == ["1.2.3"]
+    assert rest == p_data_tf(foreign_start)
+
+    for items in ([(_CONTEXT, COMMAND | LAST, command[30:])], [(_CONTEXT, 0, b"\x08\x00")],
+                  [(_CONTEXT, LAST, b"\x10\x00")]):
+        pdu = p_data_tf(items)
+        assert messages.take(_body(pdu)) == ([], pdu)
+
+    complete, rest = messages.take(_body(served))
+    assert rest is None and len(complete) == 1
+
+
+def test_store_on_a_context_that_was_not_accepted_is_left_to_pynetdicom() -> None:
+    pdu = p_data_tf([(3, COMMAND | LAST, _store_command())])
+    assert StoreMessages({_CONTEXT: _SYNTAX}).take(_body(pdu)) == ([], pdu)
+
+
+def test_data_set_interrupted_by_another_command_is_a_protocol_error() -> None:
+    messages = StoreMessages({_CONTEXT: _SYNTAX})
+    messages.take(_body(p_data_tf([(_CONTEXT, COMMAND | LAST, _store_command()), (_CONTEXT, 0, b"\0\0")])))
+    with pytest.raises(ProtocolError, match="interrupted by a command fragment on presentation context 1"):
+        messages.take(_body(p_data_tf([(_CONTEXT, COMMAND | LAST, _store_command())])))
+
+
+@pytest.mark.parametrize("body", [b"\x00\x00\x00\x09\x01\x03ab", b"\x00\x00\x00\x01\x01", b"\x00\x00"])
+def test_item_that_does_not_fit_its_pdu_is_refused(body: bytes) -> None:
+    with pytest.raises(ValueError, match="PDV item"):
+        presentation_data_values(body)
