@@ -32,6 +32,7 @@ import select
 import ssl
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any, cast
 
 from pynetdicom import AE, _handlers, evt
@@ -45,9 +46,13 @@ __all__ = ["ReceivingAssociation", "ReceivingSocket", "start_receiving_server"]
 # pynetdicom's association log, so that radnode's associations log as any other pynetdicom one
 LOGGER = logging.getLogger("pynetdicom.association")
 
-# How often the reactor and the DUL, while nothing arrives, check their timers and whether they
-# were stopped (release, abort, ARTIM and network timeouts): pynetdicom's own 1 ms.
+# How often the DUL, while nothing arrives, checks its timers and whether it was stopped
+# (release, abort, ARTIM and network timeouts): pynetdicom's own 1 ms.
 REACTOR_CHECK_SECONDS = 0.001
+# How often the association's reactor checks the same without being woken. It is woken by each
+# message for it and each release or abort indication; with C-STORE requests served on the DUL
+# thread it has nothing else to do, and waking every millisecond took the GIL from the DUL.
+ASSOCIATION_CHECK_SECONDS = 0.05
 
 
 class ReceivingSocket(AssociationSocket):
@@ -95,19 +100,24 @@ class ReceivingSocket(AssociationSocket):
                 os.read(self._wake_receive, 4096)
         return peer is not None and peer in readable
 
+    def read_into(self, view: memoryview) -> int:
+        """Fill ``view``; fewer bytes only if the peer closed the connection. Returns the count."""
+        nr_read = min(len(view), len(self._pushed_back))
+        if nr_read:
+            view[:nr_read] = self._pushed_back[:nr_read]
+            self._pushed_back = self._pushed_back[nr_read:]
+        while nr_read < len(view):
+            count = self.socket.recv_into(view[nr_read:], len(view) - nr_read)  # type: ignore[union-attr]
+            if not count:
+                break
+            nr_read += count
+        return nr_read
+
     def recv(self, nr_bytes: int) -> bytearray:
         """Read ``nr_bytes`` (fewer only if the peer closed the connection), as pynetdicom's."""
         buffer = bytearray(nr_bytes)
-        nr_read = min(nr_bytes, len(self._pushed_back))
-        if nr_read:
-            buffer[:nr_read] = self._pushed_back[:nr_read]
-            self._pushed_back = self._pushed_back[nr_read:]
         with memoryview(buffer) as view:
-            while nr_read < nr_bytes:
-                count = self.socket.recv_into(view[nr_read:], nr_bytes - nr_read)  # type: ignore[union-attr]
-                if not count:
-                    break
-                nr_read += count
+            nr_read = self.read_into(view)
         if nr_read < nr_bytes:
             del buffer[nr_read:]
         return buffer
@@ -119,18 +129,18 @@ def _close_pipe(*fds: int) -> None:
 
 
 class ReceivingAssociation(Association):
-    """An acceptor whose reactor serves each request as soon as the DUL has decoded it."""
+    """An acceptor whose reactor sleeps until the DUL has a message or an indication for it."""
 
     def _next_message(self) -> tuple[Any, Any]:
         try:
-            return self.dimse.msg_queue.get(timeout=REACTOR_CHECK_SECONDS)
+            return self.dimse.msg_queue.get(timeout=ASSOCIATION_CHECK_SECONDS)
         except queue.Empty:
             return None, None
 
     def _run_reactor(self) -> None:
         """pynetdicom 3.0's acceptor reactor, with its fixed 1 ms sleep replaced by a wait on the
         DIMSE message queue; every check it makes (release, abort, DUL alive, network timeout)
-        is made in the same order, at least every :data:`REACTOR_CHECK_SECONDS`.
+        is made in the same order, on each wake-up and at least every :data:`ASSOCIATION_CHECK_SECONDS`.
         """
         self._is_paused = False
         while not self._kill:
@@ -181,15 +191,15 @@ class ReceivingAssociation(Association):
 
 
 class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
-    """The DUL's queue of outgoing primitives; each put wakes the DUL's wait on the socket."""
+    """A queue between the DUL and the association whose every put also wakes its reader."""
 
-    def __init__(self, sock: ReceivingSocket) -> None:
+    def __init__(self, wake: Callable[[], None]) -> None:
         super().__init__()
-        self._socket = sock
+        self._wake = wake
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
-        self._socket.wake()
+        self._wake()
 
 
 # Events that fire per PDU or per DIMSE message: a subscriber to one of them (other than
@@ -217,7 +227,9 @@ class _ReceivingRequestHandler(RequestHandler):
         sock = cast(ReceivingSocket, assoc.dul.socket)
         sock.__class__ = ReceivingSocket
         sock.enable_wakeup()
-        assoc.dul.to_provider_queue = _WakingQueue(sock)
+        assoc.dul.to_provider_queue = _WakingQueue(sock.wake)  # outgoing primitives wake the DUL
+        # release and abort indications wake the reactor (an empty message: it looks at the DUL)
+        assoc.dul.to_user_queue = _WakingQueue(lambda: assoc.dimse.msg_queue.put((None, None)))
         assoc.dul._run_loop_delay = 0  # the DUL waits in ReceivingSocket.ready instead
         store = cast(_ReceivingServer, self.server).store
         if store is not None and not _message_handlers_bound(assoc):

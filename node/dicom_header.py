@@ -12,6 +12,7 @@ return ``None`` and the caller reads the instance with pydicom as before.
 
 from __future__ import annotations
 
+import functools
 import struct
 
 from pydicom.datadict import tag_for_keyword
@@ -69,6 +70,7 @@ def scan_identifiers(part10: bytes | bytearray) -> dict[str, str] | None:
         return None
 
 
+@functools.cache  # a handful of transfer syntaxes; pydicom's UID checks cost more than the scan
 def _explicit_little_endian(syntax: str) -> bool:
     uid = UID(syntax)
     return uid.is_transfer_syntax and uid.is_little_endian and not uid.is_implicit_VR and not uid.is_deflated

@@ -15,6 +15,7 @@ import socket
 import threading
 from collections import defaultdict
 from pathlib import Path
+from typing import cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
@@ -32,9 +33,9 @@ from node.db import Database
 from node.dimse import StoreStatus
 from node.errors import InvalidInstance, OutOfSpace, StorageError
 from node.metrics import ASSOCIATIONS_REJECTED, INSTANCES_RECEIVED, INSTANCES_REFUSED, RECEIVED_BYTES
-from node.part10 import part10_file
-from node.store import Spool, read_header
-from node.store_path import ReceivedInstance
+from node.part10 import PREAMBLE, file_meta
+from node.store import IncomingFile, Spool, read_incoming_header
+from node.store_path import Incoming, StoreRequestInfo
 from node.tls import server_context
 
 __all__ = ["AssociationTracker", "Listener", "reuse_freed_heap"]
@@ -136,6 +137,10 @@ class Listener:
         if removed:
             log.warning("removed %d instance row(s) whose file was not complete after a crash; "
                         "their senders got no Success and will send them again", removed)
+        partial = self.spool.remove_incomplete()
+        if partial:
+            log.warning("removed %d partly received file(s) left by a crash in %s; their senders got "
+                        "no Success and will send them again", partial, self.spool.root / ".incoming")
         # pynetdicom's own switch (process-wide, so restored by stop()): private and unknown
         # abstract syntaxes are negotiated as storage, with the first transfer syntax proposed
         self._unrestricted_before = pynetdicom_config.UNRESTRICTED_STORAGE_SERVICE
@@ -179,18 +184,18 @@ class Listener:
     def _on_store(self, event: evt.Event) -> Dataset | int:
         """A C-STORE request that pynetdicom served (node/store_path.py serves the others)."""
         request = event.request
-        sop_uid = str(request.AffectedSOPInstanceUID or "")
-        status, comment = self.receive(ReceivedInstance(
+        incoming = self.receive(StoreRequestInfo(
             sop_class_uid=str(request.AffectedSOPClassUID or ""),
-            sop_instance_uid=sop_uid,
+            sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
             transfer_syntax_uid=str(event.context.transfer_syntax),
-            part10=part10_file(str(request.AffectedSOPClassUID or ""), sop_uid,
-                               str(event.context.transfer_syntax), request.DataSet),
             calling_ae_title=event.assoc.requestor.ae_title,
             calling_address=event.assoc.requestor.address,
             called_ae_title=str(event.assoc.requestor.primitive.called_ae_title).strip(),
             association_id=id(event.assoc),
         ))
+        with request.DataSet.getbuffer() as data_set:
+            incoming.write(data_set)
+        status, comment = incoming.finish()
         if not comment:
             return status
         response = Dataset()
@@ -198,49 +203,99 @@ class Listener:
         response.ErrorComment = comment
         return response
 
-    def receive(self, instance: ReceivedInstance) -> tuple[int, str]:
-        """Store one instance durably; the response's Status and ErrorComment ("" on success).
+    def receive(self, request: StoreRequestInfo) -> Incoming:
+        """Begin receiving an instance: its file is written as its data set arrives."""
+        return _IncomingInstance(self, request)
+
+    def store(self, request: StoreRequestInfo, incoming: IncomingFile) -> tuple[int, str]:
+        """Store a received file durably; the response's Status and ErrorComment ("" on success).
 
         Success only once the file and its row are on disk; every failure is a precise status
         with a comment and a log line, and the association goes on serving the next instance.
         """
-        calling = instance.calling_ae_title
-        sop_uid = instance.sop_instance_uid
-        part10 = instance.part10
+        sop_uid = request.sop_instance_uid
         try:
-            header = read_header(part10)
-            if header.sop_instance_uid != sop_uid:
-                raise InvalidInstance(
-                    f"SOPInstanceUID {header.sop_instance_uid} differs from the request's "
-                    f"AffectedSOPInstanceUID {sop_uid}"
-                )
-            self.tracker.saw(instance.association_id, header.series_instance_uid)
-            path = self.spool.write(header, part10, sync=False)
+            try:
+                header = read_incoming_header(incoming)
+                if header.sop_instance_uid != sop_uid:
+                    raise InvalidInstance(
+                        f"SOPInstanceUID {header.sop_instance_uid} differs from the request's "
+                        f"AffectedSOPInstanceUID {sop_uid}"
+                    )
+            except InvalidInstance:
+                incoming.discard()
+                raise
+            self.tracker.saw(request.association_id, header.series_instance_uid)
+            path = self.spool.commit(incoming, header, sync=False)
             self.catalog.record(
                 header,
                 path=path,
-                size_bytes=len(part10),
-                transfer_syntax_uid=instance.transfer_syntax_uid,
-                calling_ae_title=calling,
-                calling_address=instance.calling_address,
-                called_ae_title=instance.called_ae_title,
+                size_bytes=incoming.size,
+                transfer_syntax_uid=request.transfer_syntax_uid,
+                calling_ae_title=request.calling_ae_title,
+                calling_address=request.calling_address,
+                called_ae_title=request.called_ae_title,
             )
             self.spool.sync()  # the file and (usually) its row reach the disk: only then Success
-        except OutOfSpace as exc:
+        except (InvalidInstance, StorageError, SQLAlchemyError) as exc:
+            return self.refuse(request, exc)
+        log.debug("instance stored calling_ae=%s sop=%s", request.calling_ae_title, sop_uid)
+        INSTANCES_RECEIVED.labels(request.calling_ae_title).inc()
+        RECEIVED_BYTES.inc(incoming.size)
+        return int(StoreStatus.SUCCESS), ""
+
+    def refuse(self, request: StoreRequestInfo, exc: Exception) -> tuple[int, str]:
+        """The status, comment and log line of an instance that was not stored."""
+        calling, sop_uid = request.calling_ae_title, request.sop_instance_uid
+        if isinstance(exc, OutOfSpace):
             log.error("instance refused calling_ae=%s sop=%s reason=%s", calling, sop_uid, exc)
             return _refused(StoreStatus.OUT_OF_RESOURCES, "Out of resources: spool free-space floor")
-        except InvalidInstance as exc:
+        if isinstance(exc, InvalidInstance):
             log.warning("instance refused calling_ae=%s sop=%s reason=%s", calling, sop_uid, exc)
-            code = (
-                StoreStatus.CANNOT_DECODE
-                if exc.undecodable
-                else StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+            undecodable = exc.undecodable
+            return _refused(
+                StoreStatus.CANNOT_DECODE if undecodable else StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                str(exc),
             )
-            return _refused(code, str(exc))
-        except (StorageError, SQLAlchemyError) as exc:
-            log.error("instance not stored calling_ae=%s sop=%s reason=%s", calling, sop_uid, exc)
-            return _refused(StoreStatus.OUT_OF_RESOURCES, f"Out of resources: {type(exc).__name__}")
-        log.debug("instance stored calling_ae=%s sop=%s", calling, sop_uid)
-        INSTANCES_RECEIVED.labels(calling).inc()
-        RECEIVED_BYTES.inc(len(part10))
-        return int(StoreStatus.SUCCESS), ""
+        log.error("instance not stored calling_ae=%s sop=%s reason=%s", calling, sop_uid, exc)
+        return _refused(StoreStatus.OUT_OF_RESOURCES, f"Out of resources: {type(exc).__name__}")
+
+
+class _IncomingInstance:
+    """An instance on its way into the spool (node/store_path.py's Incoming): the Part 10 file
+    begins with its meta information, the data set follows as it arrives. A failure to write
+    (full disk, I/O error) is kept and answered when the data set is complete."""
+
+    def __init__(self, listener: Listener, request: StoreRequestInfo) -> None:
+        self._listener = listener
+        self._request = request
+        self._file: IncomingFile | None = None
+        self._failure: StorageError | None = None
+        try:
+            self._file = listener.spool.incoming()
+            self._file.write(PREAMBLE + file_meta(
+                request.sop_class_uid, request.sop_instance_uid, request.transfer_syntax_uid
+            ))
+        except StorageError as exc:
+            self._fail(exc)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._file is not None:
+            try:
+                self._file.write(data)
+            except StorageError as exc:
+                self._fail(exc)
+
+    def finish(self) -> tuple[int, str]:
+        if self._file is None:
+            return self._listener.refuse(self._request, cast(StorageError, self._failure))
+        return self._listener.store(self._request, self._file)
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.discard()
+            self._file = None
+
+    def _fail(self, exc: StorageError) -> None:
+        self._failure = exc
+        self.discard()  # the rest of the data set is read and dropped

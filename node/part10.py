@@ -1,20 +1,20 @@
-"""The DICOM file (PS3.10) of a received C-STORE data set, its File Meta Information written directly.
+"""The start of the DICOM file (PS3.10) of a received C-STORE data set: preamble and File Meta
+Information, written directly.
 
 pynetdicom's ``Event.encoded_dataset(include_meta=True)`` builds the meta information as a pydicom
 Dataset and encodes it element by element, then copies the data set twice: about a quarter of the
 listener's CPU time per CT slice (py-spy, BENCHMARKS.md). The group is seven fixed elements, so
-they are written here as bytes, the same bytes pynetdicom writes (tests/test_listener.py), and the
-data set is copied once, into the file's buffer.
+they are written here as bytes, the same bytes pynetdicom writes (tests/test_listener.py); the
+data set follows them into the file as it arrives (node/store_path.py).
 """
 
 from __future__ import annotations
 
 import struct
-from io import BytesIO
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-__all__ = ["PREAMBLE", "file_meta", "part10_file"]
+__all__ = ["PREAMBLE", "file_meta"]
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
 
@@ -41,12 +41,3 @@ def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: st
         _short(0x0013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
     ))
     return _short(0x0000, b"UL", struct.pack("<I", len(body))) + body
-
-
-def part10_file(
-    sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, data_set: BytesIO
-) -> bytes:
-    """Preamble, ``DICM``, the meta information, then the data set as received (copied once)."""
-    meta = file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid)
-    with data_set.getbuffer() as received:
-        return b"".join((PREAMBLE, meta, received))

@@ -1,7 +1,9 @@
 """The spool: received instances, durably on disk, as ``<root>/<study>/<series>/<sop>.dcm``.
 
-Each file is written to a temporary name in its final folder and renamed into place, and only
-then made durable, so after a crash a file is either complete or absent. Durability is one of:
+Each file is written as it arrives to a temporary name in ``<root>/.incoming/`` (the receive path
+never holds a whole instance in memory), renamed into place once its header has been read, and
+only then made durable, so after a crash a file is either complete or absent; what a crash
+leaves in ``.incoming`` is removed when the listener starts. Durability is one of:
 
 - per file: fsync of the file, then of its folder (two disk flushes per instance);
 - grouped (Linux, the default): one ``syncfs(2)`` of the spool's file system, which flushes every
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import os
 import re
 import shutil
@@ -32,7 +35,10 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 from node.dicom_header import IDENTIFYING_KEYWORDS, scan_identifiers
 from node.errors import InvalidInstance, OutOfSpace, StorageError
 
-__all__ = ["FileSystemSync", "InstanceHeader", "Spool", "read_header", "validate_uid", "write_durably"]
+__all__ = [
+    "FileSystemSync", "IncomingFile", "InstanceHeader", "Spool", "read_header", "read_incoming_header",
+    "validate_uid", "write_durably",
+]
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # leading zeros are wrong, but seen from modalities
 UID_MAX_LENGTH = 64
@@ -87,11 +93,18 @@ def read_header(part10: bytes | bytearray) -> InstanceHeader:
     not sure of, and words the refusal of what cannot be decoded.
     """
     scanned = scan_identifiers(part10)
-    values = (
-        {keyword: scanned.get(keyword) for keyword in IDENTIFYING_KEYWORDS}
-        if scanned is not None
-        else _read_with_pydicom(part10)
-    )
+    return _header(scanned if scanned is not None else _read_with_pydicom(part10))
+
+
+def read_incoming_header(incoming: IncomingFile) -> InstanceHeader:
+    """:func:`read_header` of a file being received: from its first bytes when the fast scan
+    finds the attributes there (nearly always), else from the whole file, read back."""
+    scanned = scan_identifiers(incoming.head)
+    return _header(scanned) if scanned is not None else read_header(incoming.read_back())
+
+
+def _header(found: dict[str, str] | dict[str, str | None]) -> InstanceHeader:
+    values = {keyword: found.get(keyword) for keyword in IDENTIFYING_KEYWORDS}
     if all(values[keyword] is None for keyword in IDENTIFYING_KEYWORDS[:4]):
         raise InvalidInstance(
             "cannot decode the dataset: none of its SOP, study or series UIDs were found",
@@ -176,6 +189,51 @@ def _libc_syncfs():  # type: ignore[no-untyped-def]
     return function
 
 
+class IncomingFile:
+    """An instance being received, written as it arrives under a temporary name in the spool's
+    ``.incoming`` folder; :meth:`Spool.commit` moves it into place. Its first
+    :data:`HEAD_BYTES` are also kept in memory, for :func:`read_incoming_header`."""
+
+    HEAD_BYTES = 64 * 1024
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = 0
+        self.head = bytearray()
+        self._handle = open(path, "xb", buffering=0)  # noqa: SIM115 - closed by commit or discard
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data``; raise OutOfSpace or StorageError when the file system refuses it."""
+        with memoryview(data) as view:
+            try:
+                written = 0
+                while written < len(view):  # unbuffered: a write can be short (a file system filling up)
+                    count = self._handle.write(view[written:])
+                    if not count:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    written += count
+            except OSError as exc:
+                raise _storage_error(exc, self.path) from exc
+        if len(self.head) < self.HEAD_BYTES:
+            self.head += data[:self.HEAD_BYTES - len(self.head)]
+        self.size += len(data)
+
+    def read_back(self) -> bytes:
+        """The whole file as written so far."""
+        return self.path.read_bytes()
+
+    def fsync(self) -> None:
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def discard(self) -> None:
+        """Drop the file: the instance was refused, or its association ended before it did."""
+        self._handle.close()
+        self.path.unlink(missing_ok=True)
+
+
 class Spool:
     """Durable storage of received instances under one root folder.
 
@@ -186,6 +244,8 @@ class Spool:
     def __init__(self, root: Path, min_free_bytes: int, *, group_sync: bool = False) -> None:
         self.root = root
         self.min_free_bytes = min_free_bytes
+        self._incoming = root / ".incoming"
+        self._names = itertools.count()
         self._sync: FileSystemSync | None = None
         if group_sync and FileSystemSync.available():
             root.mkdir(parents=True, exist_ok=True)
@@ -205,31 +265,65 @@ class Spool:
         self.root.mkdir(parents=True, exist_ok=True)
         return shutil.disk_usage(self.root).free
 
-    def write(self, header: InstanceHeader, part10: bytes | bytearray, *, sync: bool = True) -> Path:
-        """Write ``part10`` durably and return its path; raise OutOfSpace below the floor.
+    def incoming(self) -> IncomingFile:
+        """A new file to receive an instance into; raise OutOfSpace below the free-space floor."""
+        self._check_floor()
+        name = f"{os.getpid()}-{threading.get_ident()}-{next(self._names)}.part"
+        try:
+            try:
+                return IncomingFile(self._incoming / name)
+            except FileNotFoundError:
+                self._incoming.mkdir(parents=True, exist_ok=True)
+                return IncomingFile(self._incoming / name)
+        except OSError as exc:
+            raise _storage_error(exc, self._incoming / name) from exc
+
+    def commit(self, incoming: IncomingFile, header: InstanceHeader, *, sync: bool = True) -> Path:
+        """Move a received file to its place and return its path; the file is dropped on an error.
 
         Re-writing an instance that is already stored replaces it atomically (a re-send). With
-        ``sync=False`` and group sync on, the file is complete but not yet durable: the caller
+        ``sync=False`` and group sync on, the file is in place but not yet durable: the caller
         calls :meth:`sync` (after writing its database row, so one flush covers both).
         """
-        if self.min_free_bytes and self.free_bytes() - len(part10) < self.min_free_bytes:
+        path = self.path_for(header)
+        try:
+            if self._sync is None:
+                incoming.fsync()
+            incoming.close()
+            created = _replace(incoming.path, path)
+            if self._sync is None:
+                for folder in (path.parent, *(created.parent for created in created)):
+                    _fsync_dir(folder)
+            elif sync:
+                self._sync.sync()
+        except OSError as exc:
+            incoming.discard()
+            raise _storage_error(exc, path) from exc
+        return path
+
+    def write(self, header: InstanceHeader, part10: bytes | bytearray, *, sync: bool = True) -> Path:
+        """Store a whole Part 10 byte string: :meth:`incoming`, write, :meth:`commit`."""
+        incoming = self.incoming()
+        try:
+            incoming.write(part10)
+        except StorageError:
+            incoming.discard()
+            raise
+        return self.commit(incoming, header, sync=sync)
+
+    def remove_incomplete(self) -> int:
+        """Remove what a crash left in ``.incoming`` (no sender had Success for it); return the count."""
+        leftovers = list(self._incoming.glob("*.part")) if self._incoming.is_dir() else []
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return len(leftovers)
+
+    def _check_floor(self) -> None:
+        if self.min_free_bytes and self.free_bytes() < self.min_free_bytes:
             raise OutOfSpace(
                 f"spool {self.root} is at its free-space floor "
                 f"({self.min_free_bytes // 2**20} MiB); refusing new instances until space returns"
             )
-        path = self.path_for(header)
-        try:
-            if self._sync is None:
-                write_durably(path, part10)
-            else:
-                _write_and_rename(path, part10, fsync=False)
-                if sync:
-                    self._sync.sync()
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:  # the floor was too low for a burst
-                raise OutOfSpace(f"spool {self.root} is full: {exc.strerror}") from exc
-            raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
-        return path
 
     def sync(self) -> None:
         """Make every file written so far durable (a no-op when each file was fsynced)."""
@@ -251,38 +345,51 @@ class Spool:
             self._sync.close()
 
 
+def _storage_error(exc: OSError, path: Path) -> StorageError:
+    if exc.errno == errno.ENOSPC:  # the floor was too low for a burst
+        return OutOfSpace(f"the file system of {path.parent} is full: {exc.strerror}")
+    return StorageError(f"cannot write {path}: {exc.strerror}")
+
+
 def write_durably(path: Path, data: bytes) -> None:
     """Write ``data`` at ``path`` so that after a crash it is either complete or absent.
 
     tmp file in the same folder → fsync → rename → fsync of the folder (and of new parents).
     """
-    created = _write_and_rename(path, data, fsync=True)
-    _fsync_dir(path.parent)
-    for folder in created:  # the new folders' own entries must survive a crash too
-        _fsync_dir(folder.parent)
-
-
-def _write_and_rename(path: Path, data: bytes, *, fsync: bool) -> list[Path]:
-    """tmp file in the final folder (fsynced if asked) → rename; return the folders created."""
-    folder = path.parent
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
     created: list[Path] = []
-    tmp = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
         handle = open(tmp, "wb")  # noqa: SIM115 - closed below; the folder may not exist yet
     except FileNotFoundError:
-        created = [p for p in (folder.parent, folder) if not p.exists()]
-        folder.mkdir(parents=True, exist_ok=True)
+        created = [p for p in (path.parent.parent, path.parent) if not p.exists()]
+        path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(tmp, "wb")  # noqa: SIM115
     try:
         with handle:
             handle.write(data)
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
+    for folder in (path.parent, *(created.parent for created in created)):
+        _fsync_dir(folder)
+
+
+def _replace(source: Path, path: Path) -> list[Path]:
+    """Rename ``source`` to ``path``, creating its folder; return the folders created (their
+    parents' entries must be flushed too)."""
+    try:
+        os.replace(source, path)
+        return []
+    except FileNotFoundError:
+        if not source.exists():
+            raise
+    folder = path.parent
+    created = [p for p in (folder.parent, folder) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    os.replace(source, path)
     return created
 
 

@@ -1,12 +1,14 @@
-"""C-STORE requests served on the thread that reads the socket, straight from the P-DATA bytes.
+"""C-STORE requests served on the thread that reads the socket, written to disk as they arrive.
 
 pynetdicom hands each received PDU through its state machine, PDU and primitive objects, a queue
 to the association's thread, a DIMSE message object and the service class before the C-STORE
-handler runs; the data set is copied five times on the way, and the two threads take turns.
-Measured on one storescu association, that was most of the listener's ~4 ms of CPU per CT slice
-(BENCHMARKS.md). Here, while the association is established, the DUL thread reads each P-DATA-TF
-PDU itself (node/pdata.py): a C-STORE request's data set goes from the PDU into the Part 10 file's
-buffer (one copy), the handler stores it, and the response goes out as bytes from the same thread.
+handler runs; the data set is copied five times on the way and held whole in memory, and the two
+threads take turns. Measured on one storescu association, that was most of the listener's ~4 ms
+of CPU per CT slice (BENCHMARKS.md). Here, while the association is established, the DUL thread
+reads each P-DATA-TF PDU itself (node/pdata.py): a C-STORE request's data set goes from the
+socket to the handler's file in chunks of :data:`CHUNK_BYTES` as it arrives (the file is written
+while the sender is still sending, and memory stays one chunk per association whatever the
+instance's size), the handler stores it, and the response goes out as bytes from the same thread.
 
 Everything else stays pynetdicom's: association negotiation, release, abort, timers, C-ECHO and
 any message this path does not serve, which it hands back to pynetdicom as the PDU it received
@@ -19,13 +21,13 @@ message, is pynetdicom's.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pynetdicom.dul import DULServiceProvider
 
-from node.part10 import PREAMBLE, file_meta
 from node.pdata import (
     COMMAND,
     LAST,
@@ -38,39 +40,54 @@ from node.pdata import (
     store_response_command,
 )
 
-__all__ = ["ReceivedInstance", "StoreHandler", "StoreMessages", "StoreRequest", "StoringDUL"]
+__all__ = ["CHUNK_BYTES", "Incoming", "StoreHandler", "StoreMessages", "StoreRequest", "StoreRequestInfo",
+           "StoringDUL"]
 
 LOGGER = logging.getLogger("pynetdicom.dul")
 
+CHUNK_BYTES = 256 * 1024  # what the DUL reads from the socket and writes to the file at a time
 _UNABLE_TO_PROCESS = 0xC211  # what pynetdicom answers when the C-STORE handler raised
+_ITEM_HEADER = struct.Struct(">LBB")  # PDV item: length, presentation context ID, control header
+_PDU_HEADER = struct.Struct(">BBL")
 
 
 @dataclass(frozen=True)
-class ReceivedInstance:
-    """One received C-STORE data set as a Part 10 file, and the association it came on."""
+class StoreRequestInfo:
+    """What a C-STORE request says of its instance, and the association it came on."""
 
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
-    part10: bytes | bytearray
     calling_ae_title: str
     calling_address: str
     called_ae_title: str
     association_id: int
 
 
-# Stores an instance; returns the response's Status and ErrorComment ("" for none).
-StoreHandler = Callable[[ReceivedInstance], tuple[int, str]]
+class Incoming(Protocol):
+    """An instance being received: its data set is written in fragments, then finished once."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Take the next fragment of the data set; never raises (a failure is kept for finish)."""
+
+    def finish(self) -> tuple[int, str]:
+        """Store the instance; the response's Status and ErrorComment ("" for none)."""
+
+    def discard(self) -> None:
+        """Drop it: the association ended, or broke the protocol, before the data set did."""
+
+
+# Begins receiving an instance; the listener's (node/listener.py).
+StoreHandler = Callable[[StoreRequestInfo], Incoming]
 
 
 @dataclass
 class StoreRequest:
-    """A C-STORE request being assembled: its command and its Part 10 file so far."""
+    """A C-STORE request being received here."""
 
     context_id: int
-    transfer_syntax_uid: str
     command: Command
-    part10: bytearray
+    incoming: Incoming
 
 
 class ProtocolError(Exception):
@@ -78,13 +95,25 @@ class ProtocolError(Exception):
 
 
 class StoreMessages:
-    """Follows the DIMSE messages of one association's P-DATA and assembles those served here."""
+    """Follows the DIMSE messages of one association's P-DATA and receives those served here.
 
-    def __init__(self, transfer_syntaxes: dict[int, str]) -> None:
+    ``begin`` opens the instance of a C-STORE request served here, given its command and its
+    presentation context's transfer syntax.
+    """
+
+    def __init__(
+        self, transfer_syntaxes: dict[int, str], begin: Callable[[Command, str], Incoming]
+    ) -> None:
         self._transfer_syntaxes = transfer_syntaxes  # accepted presentation context ID → its syntax
-        self._request: StoreRequest | None = None  # a C-STORE request assembled here
+        self._begin = begin
+        self._request: StoreRequest | None = None  # a C-STORE request received here
         self._foreign_command: bytearray | None = None  # pynetdicom's message, its command so far
         self._foreign_data = False  # pynetdicom's message, its data set to come
+
+    @property
+    def receiving(self) -> bool:
+        """Whether the next data fragment belongs to a request received here."""
+        return self._request is not None
 
     def take(self, body: bytes | bytearray) -> tuple[list[StoreRequest], bytes | None]:
         """The requests that a P-DATA-TF PDU's body completes, and the PDU (rebuilt from its
@@ -101,9 +130,32 @@ class StoreMessages:
             return complete, p_data_tf([(pdv.context_id, pdv.control, pdv.value) for pdv in rest])
         return complete, None
 
-    def _own(self, item: PresentationDataValue, complete: list[StoreRequest]) -> bool:
+    def data_fragment(self, context_id: int, control: int) -> StoreRequest:
+        """The request that a data fragment streamed from the socket belongs to (while
+        :attr:`receiving`); raises ProtocolError (the request is dropped) if it belongs to none."""
         request = self._request
-        if request is None:
+        assert request is not None
+        if control & COMMAND or context_id != request.context_id:
+            self.abandon()
+            kind = "command" if control & COMMAND else "data"
+            raise ProtocolError(
+                f"a C-STORE request's data set was interrupted by a {kind} fragment on presentation "
+                f"context {context_id} (PS3.8 9.3.5.1)"
+            )
+        return request
+
+    def received(self, request: StoreRequest) -> None:
+        """Its last data fragment has been written."""
+        self._request = None
+
+    def abandon(self) -> None:
+        """Drop the request being received (abort, release or broken protocol mid-data set)."""
+        if self._request is not None:
+            self._request.incoming.discard()
+            self._request = None
+
+    def _own(self, item: PresentationDataValue, complete: list[StoreRequest]) -> bool:
+        if self._request is None:
             if item.control != COMMAND | LAST or item.context_id not in self._transfer_syntaxes:
                 return False
             try:
@@ -112,21 +164,14 @@ class StoreMessages:
                 return False
             if not command.is_store_request:
                 return False
-            syntax = self._transfer_syntaxes[item.context_id]
-            prefix = PREAMBLE + file_meta(str(command.sop_class_uid), str(command.sop_instance_uid), syntax)
-            self._request = StoreRequest(item.context_id, syntax, command, bytearray(prefix))
+            incoming = self._begin(command, self._transfer_syntaxes[item.context_id])
+            self._request = StoreRequest(item.context_id, command, incoming)
             return True
-        if item.control & COMMAND or item.context_id != request.context_id:
-            self._request = None
-            kind = "command" if item.control & COMMAND else "data"
-            raise ProtocolError(
-                f"a C-STORE request's data set was interrupted by a {kind} fragment on presentation "
-                f"context {item.context_id} (PS3.8 9.3.5.1)"
-            )
-        request.part10 += item.value
+        request = self.data_fragment(item.context_id, item.control)
+        request.incoming.write(item.value)
         if item.control & LAST:
             complete.append(request)
-            self._request = None
+            self.received(request)
         return True
 
     def _follow(self, item: PresentationDataValue) -> None:
@@ -148,68 +193,126 @@ class StoringDUL(DULServiceProvider):
 
     _store: StoreHandler
     _messages: StoreMessages | None
+    _chunk: memoryview
 
     def serve_stores(self, store: StoreHandler) -> None:
         """Serve C-STORE requests with ``store`` from now on (before the thread starts)."""
         self._store = store
         self._messages = None
+        self._chunk = memoryview(bytearray(CHUNK_BYTES))
 
     def _read_pdu_data(self) -> None:
         if self.state_machine.current_state != "Sta6":  # not established: all pynetdicom's
+            if self._messages is not None:
+                self._messages.abandon()
             super()._read_pdu_data()
             return
+        messages = self._messages_of_association()
         sock: Any = self.socket
         header = sock.recv(6)
         if len(header) == 6 and header[0] == P_DATA_TF:
             length = int.from_bytes(header[2:6], "big")
+            if messages.receiving:
+                remaining = self._stream(messages, length)
+                if not remaining:  # the whole PDU was read here (or the association is ending)
+                    return
+                header = bytearray(_PDU_HEADER.pack(P_DATA_TF, 0, remaining))  # what follows a last fragment
+                length = remaining
             body = sock.recv(length)
             if len(body) == length:
                 try:
-                    requests, rest = self._messages_of_association().take(body)
+                    requests, rest = messages.take(body)
                 except ValueError:
                     requests, rest = [], bytes(header + body)
                 except ProtocolError as exc:
-                    LOGGER.error("Aborting the association: %s", exc)
-                    self.event_queue.put("Evt19")  # invalid PDU: pynetdicom sends A-P-ABORT
+                    self._abort(exc)
                     return
                 for request in requests:
                     self._respond(request)
                 if rest is None:
                     return
-                header, body = rest, b""
+                header, body = bytearray(rest), b""
             header += body  # a short PDU: pynetdicom reports the connection closed
+        elif len(header) == 6:
+            messages.abandon()  # A-ABORT or A-RELEASE-RQ in the middle of a data set
         sock.push_back(header)
         super()._read_pdu_data()
+
+    def _stream(self, messages: StoreMessages, length: int) -> int | None:
+        """Read a P-DATA-TF PDU's data fragments from the socket into the request being received,
+        chunk by chunk. Returns how many bytes of the PDU follow a last fragment (0: none), or
+        None when the association is ending (connection lost, protocol broken)."""
+        sock: Any = self.socket
+        item_header = self._chunk[:_ITEM_HEADER.size]
+        remaining = length
+        while remaining:
+            try:
+                if remaining < _ITEM_HEADER.size or sock.read_into(item_header) < _ITEM_HEADER.size:
+                    raise EOFError
+                item_length, context_id, control = _ITEM_HEADER.unpack(item_header)
+                remaining -= 4 + item_length
+                if item_length < 2 or remaining < 0:
+                    raise ProtocolError(f"a PDV item of length {item_length} does not fit its P-DATA-TF PDU")
+                request = messages.data_fragment(context_id, control)
+                fragment = item_length - 2
+                while fragment:
+                    chunk = self._chunk[:min(fragment, CHUNK_BYTES)]
+                    if sock.read_into(chunk) < len(chunk):
+                        raise EOFError
+                    request.incoming.write(chunk)
+                    fragment -= len(chunk)
+            except (EOFError, OSError) as exc:
+                LOGGER.error("Connection closed before the entire PDU was received%s",
+                             f": {exc}" if isinstance(exc, OSError) else "")
+                messages.abandon()
+                self.event_queue.put("Evt17")  # transport connection closed
+                return None
+            except ProtocolError as exc:
+                self._abort(exc)
+                return None
+            if control & LAST:
+                messages.received(request)
+                self._respond(request)
+                return remaining
+        return 0
+
+    def _abort(self, exc: ProtocolError) -> None:
+        LOGGER.error("Aborting the association: %s", exc)
+        self._messages_of_association().abandon()
+        self.event_queue.put("Evt19")  # invalid PDU: pynetdicom sends A-P-ABORT
 
     def _messages_of_association(self) -> StoreMessages:
         if self._messages is None:
             syntaxes = {cx.context_id: str(cx.transfer_syntax[0]) for cx in self.assoc.accepted_contexts
                         if cx.context_id is not None and cx.transfer_syntax}
-            self._messages = StoreMessages(syntaxes)
+            self._messages = StoreMessages(syntaxes, self._begin)
         return self._messages
 
-    def _respond(self, request: StoreRequest) -> None:
-        assoc = self.assoc
-        command = request.command
-        instance = ReceivedInstance(
+    def _begin(self, command: Command, transfer_syntax_uid: str) -> Incoming:
+        requestor = self.assoc.requestor
+        return self._store(StoreRequestInfo(
             sop_class_uid=str(command.sop_class_uid),
             sop_instance_uid=str(command.sop_instance_uid),
-            transfer_syntax_uid=request.transfer_syntax_uid,
-            part10=request.part10,
-            calling_ae_title=assoc.requestor.ae_title,
-            calling_address=assoc.requestor.address,
-            called_ae_title=str(assoc.requestor.primitive.called_ae_title).strip(),  # type: ignore[union-attr]
-            association_id=id(assoc),
-        )
+            transfer_syntax_uid=transfer_syntax_uid,
+            calling_ae_title=requestor.ae_title,
+            calling_address=requestor.address,
+            called_ae_title=str(requestor.primitive.called_ae_title).strip(),  # type: ignore[union-attr]
+            association_id=id(self.assoc),
+        ))
+
+    def _respond(self, request: StoreRequest) -> None:
+        command = request.command
         try:
-            status, comment = self._store(instance)
+            status, comment = request.incoming.finish()
         except Exception:  # as pynetdicom does when its C-STORE handler raises
             LOGGER.exception("Exception in the handler bound to 'evt.EVT_C_STORE'")
             status, comment = _UNABLE_TO_PROCESS, ""
         response = store_response_command(
             int(command.message_id or 0), command.sop_class_uid, command.sop_instance_uid, status, comment
         )
-        self.socket.send(_command_pdus(request.context_id, response, assoc.requestor.maximum_length))  # type: ignore[union-attr]
+        self.socket.send(  # type: ignore[union-attr]
+            _command_pdus(request.context_id, response, self.assoc.requestor.maximum_length)
+        )
 
 
 def _command_pdus(context_id: int, command: bytes, maximum_pdu: int) -> bytes:

@@ -233,14 +233,19 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.parametrize(
+    ("floor_mb", "filler_mb", "reason"),
+    [(FLOOR_MB, FILLER_MB, "free-space floor"),  # refused before a byte is written
+     (0, SPOOL_FS_MB - 4, "is full")],  # no floor: the file system runs out mid-instance (ENOSPC)
+)
 def test_spool_at_its_floor_answers_out_of_resources_until_space_returns_and_leaves_no_partial_file(
-    tmp_path: Path, chest_ct_dir: Path, small_filesystem: Path
+    tmp_path: Path, chest_ct_dir: Path, small_filesystem: Path, floor_mb: int, filler_mb: int, reason: str
 ) -> None:
     filler = small_filesystem / "filler.bin"
-    filler.write_bytes(b"\0" * FILLER_MB * 2**20)
+    filler.write_bytes(b"\0" * filler_mb * 2**20)
     spool = small_filesystem / "spool"
     node = RadnodeProcess(tmp_path / "radnode", destinations={}, routes=[], with_worker=False,
-                          extra={"storage": {"path": str(spool), "min_free_mb": FLOOR_MB}})
+                          extra={"storage": {"path": str(spool), "min_free_mb": floor_mb}})
     datasets = renamed_series(sorted(chest_ct_dir.glob("*.dcm"))[:24])
     db = _node_db(node)
     with node:
@@ -267,7 +272,7 @@ def test_spool_at_its_floor_answers_out_of_resources_until_space_returns_and_lea
         assert session.scalar(select(func.count()).select_from(Instance)) == len(datasets)
     db.dispose()
     print(f"accepted {len(accepted)}, refused 0xA700 {len(refused)}, re-sent and stored {len(refused)}")
-    assert "free-space floor" in log
+    assert reason in log
 
 
 # -- 4. broker and database restarted and unreachable -----------------------------------------

@@ -307,19 +307,67 @@ def test_store_left_to_pynetdicom_is_stored_and_the_next_one_is_served_directly(
     assert node.stored_uids() == {ds.SOPInstanceUID, pydicom.dcmread(second).SOPInstanceUID}
 
 
+def test_data_set_is_written_as_it_arrives_and_dropped_when_the_association_aborts_mid_way(
+    node: _Node, association, chest_ct_dir: Path
+) -> None:
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.dsutils import encode
+
+    from node.pdata import COMMAND, LAST, p_data_tf
+
+    ds = pydicom.dcmread(_slices(chest_ct_dir, 1)[0])
+    context = association.accepted_contexts[0]
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = ds.SOPClassUID
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 2
+    request.DataSet = io.BytesIO(b"")
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    data_set = encode(ds, context.transfer_syntax[0].is_implicit_VR, True)
+    incoming = node.spool.root / ".incoming"
+
+    association.dul.socket.send(
+        p_data_tf([(context.context_id, COMMAND | LAST, encode(message.command_set, True, True))])
+        + p_data_tf([(context.context_id, 0, data_set[:300_000])])  # not the last fragment
+    )
+    [partial] = wait_for(lambda: list(incoming.glob("*.part")), until=lambda found: found, timeout=5,
+                         what="the first part of the data set on disk")
+    wait_for(lambda: partial.stat().st_size, until=lambda size: size > 300_000, timeout=5,
+             what="300 kB of it written")
+    association.abort()
+
+    wait_for(lambda: list(incoming.glob("*.part")), until=lambda found: not found, timeout=5,
+             what="the partial file dropped")
+    assert node.stored_uids() == set()
+    assert not list(node.spool.root.rglob("*.dcm"))
+
+
+def test_partial_files_left_by_a_crash_are_removed_when_the_listener_starts(tmp_path: Path) -> None:
+    node = _Node(tmp_path)
+    leftover = node.spool.root / ".incoming" / "4242-1-0.part"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"\0" * 1000)
+    node.listener.start()
+    try:
+        assert not leftover.exists()
+    finally:
+        node.listener.stop()
+        node.db.dispose()
+
+
 @pytest.mark.parametrize("sop_instance", ["1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.12"])
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.4.50"])
-def test_received_file_is_byte_for_byte_the_one_pynetdicom_would_write(sop_instance: str,
-                                                                        syntax: str) -> None:
-    import io
-
+def test_received_file_begins_byte_for_byte_as_pynetdicom_would_write_it(
+    sop_instance: str, syntax: str
+) -> None:
     from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
-    from node.part10 import part10_file
+    from node.part10 import PREAMBLE, file_meta
 
-    data_set = io.BytesIO(b"\x08\x00\x16\x00\x1a\x00\x00\x001.2.840.10008.5.1.4.1.1.2\x00")
     expected = b"\x00" * 128 + b"DICM" + encode_file_meta(
         create_file_meta(sop_class_uid=CTImageStorage, sop_instance_uid=sop_instance, transfer_syntax=syntax)
-    ) + data_set.getvalue()
-
-    assert part10_file(CTImageStorage, sop_instance, syntax, data_set) == expected
+    )
+    assert PREAMBLE + file_meta(CTImageStorage, sop_instance, syntax) == expected

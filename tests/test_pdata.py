@@ -16,10 +16,10 @@ from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage
 
 from node.dimse import StoreStatus
-from node.part10 import part10_file
 from node.pdata import (
     COMMAND,
     LAST,
+    Command,
     p_data_tf,
     presentation_data_values,
     read_command,
@@ -55,6 +55,28 @@ def _echo_command() -> bytes:
 
 def _body(pdu: bytes) -> bytes:
     return pdu[6:]
+
+
+class _Received:
+    """What the listener's Incoming is to StoreMessages: the data set, as written."""
+
+    def __init__(self, command: Command, transfer_syntax: str) -> None:
+        self.command, self.transfer_syntax = command, transfer_syntax
+        self.data = bytearray()
+        self.discarded = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.data += data
+
+    def finish(self) -> tuple[int, str]:
+        return 0, ""
+
+    def discard(self) -> None:
+        self.discarded = True
+
+
+def _messages() -> StoreMessages:
+    return StoreMessages({_CONTEXT: _SYNTAX}, _Received)
 
 
 @pytest.mark.parametrize(
@@ -95,9 +117,9 @@ def test_command_set_encoded_by_pynetdicom_is_read_back() -> None:
     assert not read_command(_echo_command()).is_store_request
 
 
-def test_store_request_in_many_fragments_becomes_the_file_pynetdicom_would_write() -> None:
+def test_store_request_in_many_fragments_is_written_whole_and_in_order() -> None:
     data_set = bytes(range(256)) * 40
-    messages = StoreMessages({_CONTEXT: _SYNTAX})
+    messages = _messages()
     first = p_data_tf([(_CONTEXT, COMMAND | LAST, _store_command()), (_CONTEXT, 0, data_set[:1000])])
     assert messages.take(_body(first)) == ([], None)
     middle = p_data_tf([(_CONTEXT, 0, data_set[1000:5000]), (_CONTEXT, 0, data_set[5000:9000])])
@@ -108,11 +130,11 @@ def test_store_request_in_many_fragments_becomes_the_file_pynetdicom_would_write
     assert rest is None
     [request] = complete
     assert request.command.message_id == 7
-    assert bytes(request.part10) == part10_file(CTImageStorage, _SOP, _SYNTAX, io.BytesIO(data_set))
+    assert request.incoming.data == data_set and request.incoming.transfer_syntax == _SYNTAX
 
 
 def test_echo_goes_back_to_pynetdicom_and_the_next_store_is_served_here() -> None:
-    messages = StoreMessages({_CONTEXT: _SYNTAX})
+    messages = _messages()
     echo = p_data_tf([(_CONTEXT, COMMAND | LAST, _echo_command())])
     assert messages.take(_body(echo)) == ([], echo)
 
@@ -123,7 +145,7 @@ def test_echo_goes_back_to_pynetdicom_and_the_next_store_is_served_here() -> Non
 
 def test_store_with_a_fragmented_command_stays_pynetdicoms_to_its_last_data_fragment() -> None:
     """From the first item not served here, that message's items all go to pynetdicom."""
-    messages = StoreMessages({_CONTEXT: _SYNTAX})
+    messages = _messages()
     command = _store_command()
     served = p_data_tf([(_CONTEXT, COMMAND | LAST, _store_command(1, "1.2.3")),
                         (_CONTEXT, LAST, b"\x08\x00")])
@@ -147,14 +169,22 @@ def test_store_with_a_fragmented_command_stays_pynetdicoms_to_its_last_data_frag
 
 def test_store_on_a_context_that_was_not_accepted_is_left_to_pynetdicom() -> None:
     pdu = p_data_tf([(3, COMMAND | LAST, _store_command())])
-    assert StoreMessages({_CONTEXT: _SYNTAX}).take(_body(pdu)) == ([], pdu)
+    assert _messages().take(_body(pdu)) == ([], pdu)
 
 
-def test_data_set_interrupted_by_another_command_is_a_protocol_error() -> None:
-    messages = StoreMessages({_CONTEXT: _SYNTAX})
+def test_data_set_interrupted_by_another_command_is_a_protocol_error_and_its_file_dropped() -> None:
+    received: list[_Received] = []
+
+    def begin(command: Command, syntax: str) -> _Received:
+        received.append(_Received(command, syntax))
+        return received[-1]
+
+    messages = StoreMessages({_CONTEXT: _SYNTAX}, begin)
     messages.take(_body(p_data_tf([(_CONTEXT, COMMAND | LAST, _store_command()), (_CONTEXT, 0, b"\0\0")])))
+    assert messages.receiving
     with pytest.raises(ProtocolError, match="interrupted by a command fragment on presentation context 1"):
         messages.take(_body(p_data_tf([(_CONTEXT, COMMAND | LAST, _store_command())])))
+    assert not messages.receiving and received[0].discarded
 
 
 @pytest.mark.parametrize("body", [b"\x00\x00\x00\x09\x01\x03ab", b"\x00\x00\x00\x01\x01", b"\x00\x00"])
