@@ -37,13 +37,13 @@ AE_TITLE = "RADNODE"
 
 
 class _Node:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, **config: object) -> None:
         self.port = free_port()
         self.spool = Spool(root / "spool", min_free_bytes=0)
         self.db = Database(f"sqlite:///{root / 'radnode.db'}")
         self.db.create_schema()
         self.tracker = AssociationTracker()
-        config = NodeConfig(ae_title=AE_TITLE, port=self.port, bind_address="127.0.0.1")
+        config = NodeConfig(ae_title=AE_TITLE, port=self.port, bind_address="127.0.0.1", **config)
         self.listener = Listener(config, self.spool, self.db, self.tracker)
 
     def stored_uids(self) -> set[str]:
@@ -343,6 +343,24 @@ def test_data_set_is_written_as_it_arrives_and_dropped_when_the_association_abor
              what="the partial file dropped")
     assert node.stored_uids() == set()
     assert not list(node.spool.root.rglob("*.dcm"))
+
+
+def test_association_left_idle_is_ended_after_the_network_timeout(tmp_path: Path, chest_ct_dir: Path) -> None:
+    node = _Node(tmp_path, network_timeout_seconds=1)
+    node.listener.start()
+    try:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(CTImageStorage, [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=AE_TITLE)
+        assert assoc.send_c_store(_slices(chest_ct_dir, 1)[0]).Status == StoreStatus.SUCCESS
+        started = time.monotonic()
+        wait_for(lambda: assoc.is_established, until=lambda up: not up, timeout=10,
+                 what="the listener to end the idle association")
+        assert 0.9 < time.monotonic() - started < 5
+        assert len(node.stored_uids()) == 1
+    finally:
+        node.listener.stop()
+        node.db.dispose()
 
 
 def test_partial_files_left_by_a_crash_are_removed_when_the_listener_starts(tmp_path: Path) -> None:
