@@ -6,7 +6,6 @@ peers are pynetdicom's SCU and DCMTK's echoscu/storescu.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 import warnings
@@ -30,6 +29,7 @@ from node.dimse import StoreStatus
 from node.listener import AssociationTracker, Listener
 from node.store import Spool
 from tests.dcmtk import echoscu, storescu
+from tests.dimse_bytes import store_request_command
 from tests.orthanc import wait_for
 from tests.ports import free_port
 
@@ -261,8 +261,6 @@ def test_store_left_to_pynetdicom_is_stored_and_the_next_one_is_served_directly(
     node: _Node, association, chest_ct_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A request whose command set comes in two fragments goes through pynetdicom's own path."""
-    from pynetdicom.dimse_messages import C_STORE_RQ
-    from pynetdicom.dimse_primitives import C_STORE
     from pynetdicom.dsutils import encode
 
     from node.pdata import COMMAND, LAST, p_data_tf
@@ -277,15 +275,7 @@ def test_store_left_to_pynetdicom_is_stored_and_the_next_one_is_served_directly(
     ds = pydicom.dcmread(first)
     context = next(cx for cx in association.accepted_contexts
                    if cx.transfer_syntax[0] == ImplicitVRLittleEndian)
-    request = C_STORE()
-    request.MessageID = 41
-    request.AffectedSOPClassUID = ds.SOPClassUID
-    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
-    request.Priority = 2
-    request.DataSet = io.BytesIO(b"")
-    message = C_STORE_RQ()
-    message.primitive_to_message(request)
-    command = encode(message.command_set, True, True)
+    command = store_request_command(41, ds.SOPClassUID, ds.SOPInstanceUID)
     data_set = encode(ds, True, True)
     association._reactor_checkpoint.clear()  # as pynetdicom's send_*() do: its reactor must not
     while not association._is_paused:        # take the response off the queue first
@@ -310,27 +300,18 @@ def test_store_left_to_pynetdicom_is_stored_and_the_next_one_is_served_directly(
 def test_data_set_is_written_as_it_arrives_and_dropped_when_the_association_aborts_mid_way(
     node: _Node, association, chest_ct_dir: Path
 ) -> None:
-    from pynetdicom.dimse_messages import C_STORE_RQ
-    from pynetdicom.dimse_primitives import C_STORE
     from pynetdicom.dsutils import encode
 
     from node.pdata import COMMAND, LAST, p_data_tf
 
     ds = pydicom.dcmread(_slices(chest_ct_dir, 1)[0])
     context = association.accepted_contexts[0]
-    request = C_STORE()
-    request.MessageID = 1
-    request.AffectedSOPClassUID = ds.SOPClassUID
-    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
-    request.Priority = 2
-    request.DataSet = io.BytesIO(b"")
-    message = C_STORE_RQ()
-    message.primitive_to_message(request)
     data_set = encode(ds, context.transfer_syntax[0].is_implicit_VR, True)
     incoming = node.spool.root / ".incoming"
 
+    command = store_request_command(1, ds.SOPClassUID, ds.SOPInstanceUID)
     association.dul.socket.send(
-        p_data_tf([(context.context_id, COMMAND | LAST, encode(message.command_set, True, True))])
+        p_data_tf([(context.context_id, COMMAND | LAST, command)])
         + p_data_tf([(context.context_id, 0, data_set[:300_000])])  # not the last fragment
     )
     [partial] = wait_for(lambda: list(incoming.glob("*.part")), until=lambda found: found, timeout=5,

@@ -7,10 +7,8 @@ the path does not serve.
 
 from __future__ import annotations
 
-import io
-
 import pytest
-from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage
@@ -26,6 +24,7 @@ from node.pdata import (
     store_response_command,
 )
 from node.store_path import ProtocolError, StoreMessages
+from tests.dimse_bytes import store_request_command
 
 _CONTEXT = 1
 _SYNTAX = "1.2.840.10008.1.2.1"
@@ -33,15 +32,7 @@ _SOP = "1.2.826.0.1.3680043.8.498.1"
 
 
 def _store_command(message_id: int = 7, sop_instance: str = _SOP) -> bytes:
-    request = C_STORE()
-    request.MessageID = message_id
-    request.AffectedSOPClassUID = CTImageStorage
-    request.AffectedSOPInstanceUID = sop_instance
-    request.Priority = 2
-    request.DataSet = io.BytesIO(b"\0\0")
-    message = C_STORE_RQ()
-    message.primitive_to_message(request)
-    return encode(message.command_set, True, True)
+    return store_request_command(message_id, CTImageStorage, sop_instance)
 
 
 def _echo_command() -> bytes:
