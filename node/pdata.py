@@ -13,8 +13,8 @@ import struct
 from dataclasses import dataclass
 
 __all__ = [
-    "COMMAND", "LAST", "P_DATA_TF", "Command", "PresentationDataValue", "p_data_tf",
-    "presentation_data_values", "read_command", "store_response_command",
+    "COMMAND", "ITEM_HEADER", "LAST", "PDU_HEADER", "P_DATA_TF", "Command", "PresentationDataValue",
+    "p_data_tf", "presentation_data_values", "read_command", "store_response_command",
 ]
 
 P_DATA_TF = 0x04  # PDU type (PS3.8 9.3.5)
@@ -26,8 +26,8 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 NO_DATA_SET = 0x0101  # CommandDataSetType (0000,0800): no data set follows
 
-_PDU_HEADER = struct.Struct(">BBL")
-_ITEM_HEADER = struct.Struct(">LBB")  # item length, presentation context ID, message control header
+PDU_HEADER = struct.Struct(">BBL")  # PDU type, reserved, length
+ITEM_HEADER = struct.Struct(">LBB")  # PDV item length, presentation context ID, message control header
 _ELEMENT_HEADER = struct.Struct("<HHL")  # implicit VR little endian: group, element, length
 _US = struct.Struct("<H")
 
@@ -61,13 +61,13 @@ def presentation_data_values(body: bytes | bytearray | memoryview) -> list[Prese
     items: list[PresentationDataValue] = []
     position = 0
     while position < len(view):
-        if position + _ITEM_HEADER.size > len(view):
+        if position + ITEM_HEADER.size > len(view):
             raise ValueError("a PDV item header runs past the end of the PDU")
-        length, context_id, control = _ITEM_HEADER.unpack_from(view, position)
+        length, context_id, control = ITEM_HEADER.unpack_from(view, position)
         end = position + 4 + length
         if length < 2 or end > len(view):
             raise ValueError(f"a PDV item of length {length} does not fit the PDU")
-        items.append(PresentationDataValue(context_id, control, view[position + _ITEM_HEADER.size:end]))
+        items.append(PresentationDataValue(context_id, control, view[position + ITEM_HEADER.size:end]))
         position = end
     return items
 
@@ -75,10 +75,10 @@ def presentation_data_values(body: bytes | bytearray | memoryview) -> list[Prese
 def p_data_tf(items: list[tuple[int, int, bytes | memoryview]]) -> bytes:
     """A P-DATA-TF PDU of (presentation context ID, message control header, fragment) items."""
     encoded = b"".join(
-        _ITEM_HEADER.pack(len(value) + 2, context_id, control) + bytes(value)
+        ITEM_HEADER.pack(len(value) + 2, context_id, control) + bytes(value)
         for context_id, control, value in items
     )
-    return _PDU_HEADER.pack(P_DATA_TF, 0, len(encoded)) + encoded
+    return PDU_HEADER.pack(P_DATA_TF, 0, len(encoded)) + encoded
 
 
 @dataclass(frozen=True)

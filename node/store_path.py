@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -32,8 +31,10 @@ from pynetdicom.pdu import A_ABORT_RQ
 
 from node.pdata import (
     COMMAND,
+    ITEM_HEADER,
     LAST,
     P_DATA_TF,
+    PDU_HEADER,
     Command,
     PresentationDataValue,
     p_data_tf,
@@ -49,8 +50,6 @@ LOGGER = logging.getLogger("pynetdicom.dul")
 
 CHUNK_BYTES = 256 * 1024  # what the DUL reads from the socket and writes to the file at a time
 _UNABLE_TO_PROCESS = 0xC211  # what pynetdicom answers when the C-STORE handler raised
-_ITEM_HEADER = struct.Struct(">LBB")  # PDV item: length, presentation context ID, control header
-_PDU_HEADER = struct.Struct(">BBL")
 
 
 @dataclass(frozen=True)
@@ -261,7 +260,7 @@ class StoringDUL(DULServiceProvider):
                 remaining = self._stream(messages, length)
                 if not remaining:  # the whole PDU was read here (or the association is ending)
                     return
-                header = bytearray(_PDU_HEADER.pack(P_DATA_TF, 0, remaining))  # what follows a last fragment
+                header = bytearray(PDU_HEADER.pack(P_DATA_TF, 0, remaining))  # what follows a last fragment
                 length = remaining
             body = sock.recv(length)
             if len(body) == length:
@@ -288,13 +287,15 @@ class StoringDUL(DULServiceProvider):
         chunk by chunk. Returns how many bytes of the PDU follow a last fragment (0: none), or
         None when the association is ending (connection lost, protocol broken)."""
         sock: Any = self.socket
-        item_header = self._chunk[:_ITEM_HEADER.size]
+        item_header = self._chunk[:ITEM_HEADER.size]
         remaining = length
         while remaining:
             try:
-                if remaining < _ITEM_HEADER.size or sock.read_into(item_header) < _ITEM_HEADER.size:
+                if remaining < ITEM_HEADER.size:
+                    raise ProtocolError(f"{remaining} bytes of a P-DATA-TF PDU are too few for a PDV item")
+                if sock.read_into(item_header) < ITEM_HEADER.size:
                     raise EOFError
-                item_length, context_id, control = _ITEM_HEADER.unpack(item_header)
+                item_length, context_id, control = ITEM_HEADER.unpack(item_header)
                 remaining -= 4 + item_length
                 if item_length < 2 or remaining < 0:
                     raise ProtocolError(f"a PDV item of length {item_length} does not fit its P-DATA-TF PDU")

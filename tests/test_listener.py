@@ -326,6 +326,25 @@ def test_data_set_is_written_as_it_arrives_and_dropped_when_the_association_abor
     assert not list(node.spool.root.rglob("*.dcm"))
 
 
+def test_broken_data_fragment_aborts_the_association_and_leaves_no_file(
+    node: _Node, association, chest_ct_dir: Path
+) -> None:
+    from node.pdata import COMMAND, LAST, p_data_tf
+
+    ds = pydicom.dcmread(_slices(chest_ct_dir, 1)[0])
+    context = association.accepted_contexts[0]
+    command = store_request_command(1, ds.SOPClassUID, ds.SOPInstanceUID)
+    association.dul.socket.send(
+        p_data_tf([(context.context_id, COMMAND | LAST, command)])
+        + b"\x04\x00\x00\x00\x00\x03abc"  # a P-DATA-TF PDU of 3 bytes: too short for a PDV item
+    )
+
+    wait_for(lambda: association.is_aborted, timeout=5, what="the listener to abort the association")
+    wait_for(lambda: list((node.spool.root / ".incoming").glob("*.part")), until=lambda found: not found,
+             timeout=5, what="the partial file dropped")
+    assert node.stored_uids() == set()
+
+
 def test_association_left_idle_is_ended_after_the_network_timeout(tmp_path: Path, chest_ct_dir: Path) -> None:
     node = _Node(tmp_path, network_timeout_seconds=1)
     node.listener.start()
