@@ -9,7 +9,6 @@ instance.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import socket
 import threading
@@ -34,11 +33,11 @@ from node.dimse import StoreStatus
 from node.errors import InvalidInstance, OutOfSpace, StorageError
 from node.metrics import ASSOCIATIONS_REJECTED, INSTANCES_RECEIVED, INSTANCES_REFUSED, RECEIVED_BYTES
 from node.part10 import PREAMBLE, file_meta
-from node.store import IncomingFile, Spool, read_incoming_header
+from node.store import IncomingFile, Spool, read_incoming_header, validate_uid
 from node.store_path import Incoming, StoreRequestInfo
 from node.tls import server_context
 
-__all__ = ["AssociationTracker", "Listener", "reuse_freed_heap"]
+__all__ = ["AssociationTracker", "Listener"]
 
 log = logging.getLogger("radnode.listener")
 
@@ -47,25 +46,6 @@ _ERROR_COMMENT_MAX = 64  # ErrorComment (0000,0902) is LO
 # size. pynetdicom's default (16 KiB) makes a 512×512 CT slice 32 PDUs; 1 MiB makes it one,
 # which measurably lowers the listener's CPU per instance (BENCHMARKS.md).
 MAXIMUM_PDU_BYTES = 2**20
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt(3) parameters, glibc's malloc.h
-
-
-def reuse_freed_heap() -> None:
-    """Make glibc keep the buffers of received instances for the next ones (process-wide).
-
-    glibc serves each allocation above 128 KiB (a CT slice's PDU and file buffers, 512 KiB each)
-    with a fresh mmap, or trims the freed heap back to the OS: every instance then page-faults
-    its buffers in anew, which on a virtual machine cost 0.4 ms of kernel time per 512 KiB
-    (BENCHMARKS.md), more than copying them. Allocations up to 64 MiB come from the heap
-    instead, and up to 256 MiB of freed heap stays for reuse. Nothing happens where libc is
-    not glibc.
-    """
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(_M_MMAP_THRESHOLD, 64 * 2**20)
-    mallopt(_M_TRIM_THRESHOLD, 256 * 2**20)
 
 
 class AssociationTracker:
@@ -263,8 +243,9 @@ class Listener:
 
 class _IncomingInstance:
     """An instance on its way into the spool (node/store_path.py's Incoming): the Part 10 file
-    begins with its meta information, the data set follows as it arrives. A failure to write
-    (full disk, I/O error) is kept and answered when the data set is complete."""
+    begins with its meta information, the data set follows as it arrives. A refusal found early
+    (a malformed UID in the command, a full disk, an I/O error) is kept, the rest of the data set
+    is read and dropped, and the refusal is answered when the data set is complete."""
 
     def __init__(self, listener: Listener, request: StoreRequestInfo) -> None:
         self._listener = listener
@@ -272,6 +253,8 @@ class _IncomingInstance:
         self._file: IncomingFile | None = None
         self._failure: StorageError | None = None
         try:
+            validate_uid(request.sop_class_uid, "AffectedSOPClassUID")  # both go into the file's meta
+            validate_uid(request.sop_instance_uid, "AffectedSOPInstanceUID")
             self._file = listener.spool.incoming()
             self._file.write(PREAMBLE + file_meta(
                 request.sop_class_uid, request.sop_instance_uid, request.transfer_syntax_uid
@@ -298,4 +281,4 @@ class _IncomingInstance:
 
     def _fail(self, exc: StorageError) -> None:
         self._failure = exc
-        self.discard()  # the rest of the data set is read and dropped
+        self.discard()

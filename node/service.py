@@ -17,7 +17,7 @@ from pathlib import Path
 from node.completion import CompletionWatcher, PacsCounter
 from node.config import Config
 from node.db import Database, Delivery, DeliveryState
-from node.listener import AssociationTracker, Listener, reuse_freed_heap
+from node.listener import AssociationTracker, Listener
 from node.metrics import NodeCollector, serve_metrics
 from node.retention import RetentionSweeper
 from node.store import Spool
@@ -109,7 +109,6 @@ def serve(config: Config, *, with_worker: bool) -> None:
         pipelines=config.pipelines,
     )
     listener = Listener(config.node, spool, db, tracker)
-    reuse_freed_heap()
     listener.start()
     embedded = config.broker.url.startswith("sqla+")
     requeued = watcher.requeue_unfinished(include_running=with_worker and embedded)

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 
+from node.errors import InvalidInstance
 from node.pdata import (
     COMMAND,
     ITEM_HEADER,
@@ -42,6 +43,7 @@ from node.pdata import (
     read_command,
     store_response_command,
 )
+from node.store import validate_uid
 
 __all__ = ["CHUNK_BYTES", "Incoming", "StoreHandler", "StoreMessages", "StoreRequest", "StoreRequestInfo",
            "StoringDUL"]
@@ -354,11 +356,20 @@ class StoringDUL(DULServiceProvider):
             LOGGER.exception("Exception in the handler bound to 'evt.EVT_C_STORE'")
             status, comment = _UNABLE_TO_PROCESS, ""
         response = store_response_command(
-            int(command.message_id or 0), command.sop_class_uid, command.sop_instance_uid, status, comment
+            int(command.message_id or 0), _valid(command.sop_class_uid), _valid(command.sop_instance_uid),
+            status, comment,
         )
         self.socket.send(  # type: ignore[union-attr]
             _command_pdus(request.context_id, response, self.assoc.requestor.maximum_length)
         )
+
+
+def _valid(uid: str | None) -> str | None:
+    """The request's UID, echoed in the response only if the peer can decode it (PS3.7 9.3.1.2: U)."""
+    try:
+        return validate_uid(uid, "UID")
+    except InvalidInstance:
+        return None
 
 
 def _command_pdus(context_id: int, command: bytes, maximum_pdu: int) -> bytes:

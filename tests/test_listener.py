@@ -326,6 +326,36 @@ def test_data_set_is_written_as_it_arrives_and_dropped_when_the_association_abor
     assert not list(node.spool.root.rglob("*.dcm"))
 
 
+def test_command_with_a_malformed_uid_is_refused_and_the_association_goes_on(
+    node: _Node, association, chest_ct_dir: Path
+) -> None:
+    from pynetdicom.dsutils import encode
+
+    from node.pdata import COMMAND, LAST, p_data_tf
+
+    first, second = _slices(chest_ct_dir, 2)
+    ds = pydicom.dcmread(first)
+    context = next(cx for cx in association.accepted_contexts
+                   if cx.transfer_syntax[0] == ImplicitVRLittleEndian)
+    command = store_request_command(9, ds.SOPClassUID, "1.2.826.0.1.3680043.8.498.77")
+    command = command.replace(b"1.2.826.0.1.3680043.8.498.77", b"1.2.826.0.1.3680043.8.498.\xe9\xe9")
+    association._reactor_checkpoint.clear()  # as in the test above: the response is read here
+    while not association._is_paused:
+        time.sleep(0.001)
+    try:
+        association.dul.socket.send(p_data_tf([(context.context_id, COMMAND | LAST, command)])
+                                    + p_data_tf([(context.context_id, LAST, encode(ds, True, True))]))
+        _, response = association.dimse.get_msg(block=True)
+    finally:
+        association._reactor_checkpoint.set()
+
+    assert response.MessageIDBeingRespondedTo == 9
+    assert response.Status != StoreStatus.SUCCESS
+    assert "invalid AffectedSOPInstanceUID" in response.ErrorComment
+    assert association.send_c_store(second).Status == StoreStatus.SUCCESS
+    assert node.stored_uids() == {pydicom.dcmread(second).SOPInstanceUID}
+
+
 def test_broken_data_fragment_aborts_the_association_and_leaves_no_file(
     node: _Node, association, chest_ct_dir: Path
 ) -> None:
