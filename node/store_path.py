@@ -147,8 +147,8 @@ class StoreMessages:
             )
         return request
 
-    def received(self, request: StoreRequest) -> None:
-        """Its last data fragment has been written."""
+    def received(self) -> None:
+        """The request's last data fragment has been written."""
         self._request = None
 
     def abandon(self) -> None:
@@ -174,7 +174,7 @@ class StoreMessages:
         request.incoming.write(item.value)
         if item.control & LAST:
             complete.append(request)
-            self.received(request)
+            self.received()
         return True
 
     def _follow(self, item: PresentationDataValue) -> None:
@@ -319,7 +319,7 @@ class StoringDUL(DULServiceProvider):
                 self._abort(exc)
                 return None
             if control & LAST:
-                messages.received(request)
+                messages.received()
                 self._respond(request)
                 return remaining
         return 0
