@@ -50,12 +50,12 @@ LEFT = Code("7771000", "SCT", "Left")
 BILATERAL = Code("51440002", "SCT", "Bilateral")
 
 # --- Procedures reported (TID 1500 row 4, CID 100 "Quantitative Diagnostic Imaging Procedures",
-# extensible) ----------------------------------------------------------------------------------
-CT_OF_CHEST = Code("169069000", "SCT", "CT of chest")  # SNOMED CT, FSN "Computed tomography of chest"
+# extensible). Only members: PixelMed's validator (IHE AIR testing) reports any other code as an
+# error, and CID 100 has no chest CT and no radiography; the body region is in the finding sites.
 CT_UNSPECIFIED_BODY_REGION = Code("25045-6", "LN", "CT unspecified body region")  # CID 100
 MRI_UNSPECIFIED_BODY_REGION = Code("25056-3", "LN", "MRI unspecified body region")  # CID 100
 PET_UNSPECIFIED_BODY_REGION = Code("44136-0", "LN", "PET unspecified body region")  # CID 100
-XR_UNSPECIFIED_BODY_REGION = Code("43468-8", "LN", "XR unspecified body region")  # CID 100
+IMAGING_PROCEDURE = Code("363679005", "SCT", "Imaging procedure")  # CID 100: radiographs
 
 # --- Observer type (CID 270) ------------------------------------------------------------------
 DEVICE = Code("121007", "DCM", "Device")
@@ -82,8 +82,9 @@ UNIT_PERCENT = Code("%", "UCUM", "Percent")  # CID 7181
 # are coded in radnode's private scheme (PS3.3 8.2: designators beginning with "99" are private).
 PRIVATE_SCHEME = "99RADNODE"
 LOW_ATTENUATION_AREA_950 = Code("LAA950", PRIVATE_SCHEME, "Lung volume fraction below -950 HU")
-# a derivation of ATTENUATION_COEFFICIENT, so the measured quantity itself stays standard
-PERCENTILE_15 = Code("PERC15", PRIVATE_SCHEME, "15th percentile")
+# Pre-coordinated, as LAA950 is: a viewer shows a numeric item by its concept name alone (OHIF v3
+# drops derivation modifiers), and "Attenuation Coefficient" twice would hide which one is Perc15.
+ATTENUATION_PERCENTILE_15 = Code("PERC15", PRIVATE_SCHEME, "Attenuation 15th percentile")
 
 # --- Classifier outputs (TID 1501 qualitative evaluation + numeric probability) ----------------
 PRESENT = Code("52101004", "SCT", "Present")  # CID 240 / 241

@@ -25,6 +25,7 @@ from dicom_sr.seg import (
     EncodingError,
     _check_source,
     _highdicom_encoding,
+    _set_laterality,
     _tidy_copied_attributes,
     _with_type_2_present,
 )
@@ -167,8 +168,7 @@ def build_sc(
                 f"{algorithm.name} {algorithm.version} segments burned into the source slice"
             )[:_ST_MAX_LENGTH]
             image.BurnedInAnnotation = "NO"
-            # General Series Type 2C: present (maybe empty) when the body part is paired
-            image.Laterality = header.get("Laterality", "")
+            _set_laterality(image, header)
             _tidy_copied_attributes(image)
             images.append(image)
     return images

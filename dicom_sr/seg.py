@@ -117,6 +117,22 @@ def _tidy_copied_attributes(dataset: pydicom.Dataset) -> None:
     _define_lengths(dataset)
 
 
+def _set_laterality(image: pydicom.Dataset, source: pydicom.Dataset) -> None:
+    """Laterality of an image result, from its source (PS3.3 C.7.3.1, C.7.6.1).
+
+    General Series Laterality is Type 2C: kept when the source has a value, absent otherwise (an
+    empty one says "unknown", dciodvfy's warning). Image Laterality then says what is known: the
+    source's, else U (unpaired), which is what a source that names no side images; validators
+    that cannot know whether the body part is paired (PixelMed) ask for one of the two.
+    """
+    if "Laterality" in image and not image.Laterality:
+        del image.Laterality
+    side = str(source.get("ImageLaterality") or source.get("Laterality") or "U")
+    if source.get("Laterality"):
+        image.Laterality = source.Laterality
+    image.ImageLaterality = side
+
+
 def _define_lengths(dataset: pydicom.Dataset) -> None:
     for element in dataset:
         if element.VR == "SQ":
@@ -338,5 +354,6 @@ def build_seg(
             transfer_syntax_uid=ExplicitVRLittleEndian,
             omit_empty_frames=True,
         )
+    _set_laterality(seg, source[0])
     _tidy_copied_attributes(seg)
     return seg

@@ -26,11 +26,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
+import numpy as np
 import pydicom
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_sr import codes
+from dicom_sr.outline import Outline, bounding_outline, largest_outline
 from dicom_sr.seg import (
     MANUFACTURER,
     EncodingError,
@@ -54,10 +56,15 @@ _PROCEDURE_BY_MODALITY = {
     "CT": codes.CT_UNSPECIFIED_BODY_REGION,
     "MR": codes.MRI_UNSPECIFIED_BODY_REGION,
     "PT": codes.PET_UNSPECIFIED_BODY_REGION,
-    "CR": codes.XR_UNSPECIFIED_BODY_REGION,
-    "DX": codes.XR_UNSPECIFIED_BODY_REGION,
+    "CR": codes.IMAGING_PROCEDURE,
+    "DX": codes.IMAGING_PROCEDURE,
 }
 _LO_MAX_LENGTH = 64
+_Group = (
+    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+)
 
 
 def device_observer_uid(algorithm: Algorithm) -> str:
@@ -94,7 +101,7 @@ def _procedure_reported(source: Sequence[pydicom.Dataset], procedure: codes.Code
         ) from None
 
 
-def _measurement(measurement: Measurement) -> hd.sr.Measurement:
+def _measurement(measurement: Measurement, algorithm_id: hd.sr.AlgorithmIdentification) -> hd.sr.Measurement:
     return hd.sr.Measurement(
         name=coded_concept(measurement.concept),
         # A Python float is written both as DS and as Floating Point Value (FD), so it reads back
@@ -102,6 +109,9 @@ def _measurement(measurement: Measurement) -> hd.sr.Measurement:
         value=float(measurement.value),
         unit=coded_concept(measurement.unit),
         derivation=coded_concept(measurement.derivation) if measurement.derivation else None,
+        # TID 300 row 8: each measurement names the algorithm that made it (TID 1411 has no row
+        # for TID 4019 in the templates validators check against)
+        algorithm_id=algorithm_id,
     )
 
 
@@ -123,44 +133,90 @@ def _segment_tracking(seg: pydicom.Dataset, segment_number: int) -> tuple[str, s
     raise EncodingError(f"the SEG {seg.SOPInstanceUID} has no segment number {segment_number}")
 
 
+def _slice_images(findings: Findings, source: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """The source image of each slice of the findings' grid, for the outlines drawn on them."""
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in source}
+    missing = [uid for uid in findings.source_sop_instance_uids if uid not in by_uid]
+    if missing:
+        raise EncodingError(f"{len(missing)} source images of the findings were not given "
+                            f"(first: {missing[0]})")
+    return [by_uid[uid] for uid in findings.source_sop_instance_uids]
+
+
+def _image_region(outline: Outline, images: Sequence[pydicom.Dataset]) -> hd.sr.ImageRegion:
+    """SCOORD "Image Region" (closed POLYLINE) SELECTED FROM the slice the outline is on."""
+    image = images[outline.slice_index]
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=outline.points,
+        source_image=hd.sr.SourceImageForRegion(str(image.SOPClassUID), str(image.SOPInstanceUID)),
+    )
+
+
+def _region_of(group: MeasurementGroup, findings: Findings) -> Outline | None:
+    """Where a group's structure is drawn: the outline of its segment, else the bounding box of the
+    segments it combines (both lungs), on the slice where it is largest; None if there is none."""
+    if group.segment is not None:
+        segment = findings.segments[group.segment]
+        return largest_outline(segment.mask, segment.origin)
+    if not group.region_segments:
+        return None
+    union = np.zeros(findings.segments[group.region_segments[0]].shape, dtype=np.bool_)
+    for index in group.region_segments:
+        segment = findings.segments[index]
+        union[segment.box] |= segment.mask
+    return bounding_outline(union)
+
+
 def _group(
     group: MeasurementGroup,
     findings: Findings,
     source: Sequence[pydicom.Dataset],
+    images: Sequence[pydicom.Dataset],
     seg: pydicom.Dataset | None,
     sop_instance_uid: str,
-) -> (
-    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-    | hd.sr.MeasurementsAndQualitativeEvaluations
-):
+) -> list[_Group]:
+    """TID 1411 for a group tied to a segment, TID 1501 for one that is not; and where it is.
+
+    A volumetric group refers to its SEG segment (TID 1411 allows no image region beside it), so
+    its outline goes into a TID 1410 planar group with the same Tracking Identifier and UID: the
+    same structure, seen on one slice. Viewers that merge groups by tracking UID (OHIF v3) then
+    draw the outline with the volumetric measurements. A TID 1501 group carries its region itself.
+    """
     finding_type = coded_concept(group.finding)
     algorithm_id = _algorithm_id(findings.algorithm)
     finding_sites = [hd.sr.FindingSite(
         coded_concept(group.finding_site),
         laterality=coded_concept(group.finding_site_laterality) if group.finding_site_laterality else None,
     )] if group.finding_site else None
-    measurements = [_measurement(m) for m in group.measurements]
+    measurements = [_measurement(m, algorithm_id) for m in group.measurements]
+    outline = _region_of(group, findings)
     if group.segment is None:
-        tracking = hd.sr.TrackingIdentifier(
-            uid=derive_uid(sop_instance_uid, "tracking", group.tracking_id),
-            identifier=group.tracking_id,
-        )
-        return hd.sr.MeasurementsAndQualitativeEvaluations(  # TID 1501
-            tracking_identifier=tracking,
+        combined = hd.sr.MeasurementsAndQualitativeEvaluations(  # TID 1501
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=derive_uid(sop_instance_uid, "tracking", group.tracking_id),
+                identifier=group.tracking_id,
+            ),
             finding_type=finding_type,
-            algorithm_id=algorithm_id,
             finding_sites=finding_sites,
             measurements=measurements,
-            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in source],
+            # TID 1501 row 10 (TID 320) is one reference: the region drawn where the group is largest
+            # when there is one (the source series is the SR's evidence), else the source images
+            source_images=None if outline is not None else [
+                hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in source
+            ],
         )
+        if outline is not None:
+            combined[0].ContentSequence.append(_image_region(outline, images))
+        return [combined]
     if seg is None:
         raise EncodingError(f"group {group.tracking_id!r} names a segment, but no SEG was given")
     segment_number = group.segment + 1
     segment_tracking_id, segment_tracking_uid = _segment_tracking(seg, segment_number)
-    tracking_uid = (
-        segment_tracking_uid
-        if segment_tracking_id == group.tracking_id
-        else derive_uid(sop_instance_uid, "tracking", group.tracking_id)
+    tracking = hd.sr.TrackingIdentifier(
+        uid=(segment_tracking_uid if segment_tracking_id == group.tracking_id
+             else derive_uid(sop_instance_uid, "tracking", group.tracking_id)),
+        identifier=group.tracking_id,
     )
     referenced_segment = hd.sr.ReferencedSegment(
         sop_class_uid=seg.SOPClassUID,
@@ -168,14 +224,21 @@ def _group(
         segment_number=segment_number,
         source_series=hd.sr.SourceSeriesForSegmentation(source[0].SeriesInstanceUID),
     )
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(  # TID 1411
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=group.tracking_id),
+    volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(  # TID 1411
+        tracking_identifier=tracking,
         referenced_segment=referenced_segment,
         finding_type=finding_type,
-        algorithm_id=algorithm_id,
         finding_sites=finding_sites,
         measurements=measurements,
     )
+    if outline is None:  # an empty segment: nothing to draw
+        return [volumetric]
+    return [volumetric, hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(  # TID 1410
+        tracking_identifier=tracking,
+        referenced_region=_image_region(outline, images),
+        finding_type=finding_type,
+        finding_sites=finding_sites,
+    )]
 
 
 def _classification_group(
@@ -276,6 +339,7 @@ def build_sr(
     if seg is not None and seg.StudyInstanceUID != source[0].StudyInstanceUID:
         raise EncodingError("the SEG belongs to another study than the source images")
     algorithm = findings.algorithm
+    images = _slice_images(findings, source)
     procedure = _procedure_reported(source, procedure_reported)
     if series_description is None:
         series_description = f"{algorithm.name} {algorithm.version} measurements"[:_LO_MAX_LENGTH]
@@ -286,7 +350,8 @@ def build_sr(
             ),
             procedure_reported=coded_concept(procedure),
             imaging_measurements=[
-                *(_group(group, findings, source, seg, sop_instance_uid) for group in findings.groups),
+                *(item for group in findings.groups
+                  for item in _group(group, findings, source, images, seg, sop_instance_uid)),
                 *(
                     _classification_group(classification, findings, source, sop_instance_uid)
                     for classification in findings.classifications
@@ -309,8 +374,23 @@ def build_sr(
                 series_description=series_description,
             ),
         )
+    _standard_meanings(sr)
     _tidy_copied_attributes(sr)
     return sr
+
+
+#: Concept names highdicom writes with a Code Meaning other than PS3.16's (validators warn).
+_STANDARD_MEANINGS = {("121232", "DCM"): "Source series for segmentation"}
+
+
+def _standard_meanings(dataset: pydicom.Dataset) -> None:
+    """Give every concept name in the content tree the Code Meaning the standard gives it."""
+    for item in dataset.get("ContentSequence", []):
+        for name in item.get("ConceptNameCodeSequence", []):
+            meaning = _STANDARD_MEANINGS.get((str(name.CodeValue), str(name.CodingSchemeDesignator)))
+            if meaning is not None:
+                name.CodeMeaning = meaning
+        _standard_meanings(item)
 
 
 def _unsigned_report_arguments(

@@ -131,7 +131,8 @@ class MeasurementGroup:
     """Measurements about one thing: a segment (TID 1411) or the series as a whole (TID 1501).
 
     ``segment`` is the 0-based index into :attr:`Findings.segments`, or None for a group that is
-    not tied to one segment (e.g. both lungs together).
+    not tied to one segment (e.g. both lungs together); ``region_segments`` then names the
+    segments whose union it measured, so that a viewer can be shown where that region is.
     """
 
     tracking_id: str
@@ -140,6 +141,7 @@ class MeasurementGroup:
     segment: int | None = None
     finding_site: Code | None = None
     finding_site_laterality: Code | None = None  # CID 244, e.g. the left kidney
+    region_segments: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,7 @@ class Findings:
                     f"segment {seg.label!r} has {seg.shape[0]} slices but the source has {n}"
                 )
         for group in self.groups:
-            if group.segment is not None and not 0 <= group.segment < len(self.segments):
-                raise ValueError(f"group {group.tracking_id!r} names segment {group.segment}, "
+            named = (*((group.segment,) if group.segment is not None else ()), *group.region_segments)
+            if any(not 0 <= index < len(self.segments) for index in named):
+                raise ValueError(f"group {group.tracking_id!r} names segments {named}, "
                                  f"but there are {len(self.segments)} segments")

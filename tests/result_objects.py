@@ -164,7 +164,7 @@ def write_corpus(folder: Path) -> list[Written]:
         save(f"seg-{seg_type.value}", ResultKind.SEG, segs[seg_type], lungs, seg_type)
     save("sr-measurements", ResultKind.SR,
          build_sr(lungs, headers, segs[SegType.BINARY], series_number=9902,
-                  procedure_reported=codes.CT_OF_CHEST, **_uids(headers[0], ALGORITHM, ResultKind.SR)),
+                  **_uids(headers[0], ALGORITHM, ResultKind.SR)),
          lungs)
     for number, image in enumerate(
         build_sc(lungs, headers, hu, series_number=9904, **_uids(headers[0], ALGORITHM, ResultKind.SC)),
@@ -177,7 +177,7 @@ def write_corpus(folder: Path) -> list[Written]:
                             **_uids(headers[0], ALGORITHM, ResultKind.SEG, "laterality"))
     save("seg-laterality", ResultKind.SEG, lateral_seg, lateral, SegType.BINARY)
     save("sr-laterality", ResultKind.SR,
-         build_sr(lateral, headers, lateral_seg, series_number=9902, procedure_reported=codes.CT_OF_CHEST,
+         build_sr(lateral, headers, lateral_seg, series_number=9902,
                   **_uids(headers[0], ALGORITHM, ResultKind.SR, "laterality")), lateral)
 
     head_headers, head_hu = load_tilted_head_ct()

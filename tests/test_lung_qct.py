@@ -62,7 +62,7 @@ def test_lung_volumes_on_real_chest_ct_are_adult_sized(findings: Findings) -> No
     for lung in (right, left, both):
         mld = lung["Attenuation Coefficient (Mean)"]
         assert -900 < mld < -750
-        assert -1024 <= lung["Attenuation Coefficient (15th percentile)"] < mld
+        assert -1024 <= lung[codes.ATTENUATION_PERCENTILE_15.meaning] < mld
         assert 0 < lung[codes.LOW_ATTENUATION_AREA_950.meaning] < 50
 
 

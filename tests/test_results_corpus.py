@@ -84,7 +84,8 @@ def test_laterality_is_a_modifier_of_the_segment_and_of_the_sr_finding_site(corp
         for item in _walk(sr) if _name(item) == "Finding Site"
         for modifier in item.get("ContentSequence", []) if _name(modifier) == "Laterality"
     ]
-    assert lateralities == ["Right", "Left"]
+    # each lung's volumetric group (TID 1411) and its outline (TID 1410) name the same site
+    assert lateralities == ["Right", "Right", "Left", "Left"]
 
 
 def _walk(dataset: pydicom.Dataset) -> list[pydicom.Dataset]:

@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import UID, Comprehensive3DSRStorage, ComprehensiveSRStorage, ExplicitVRLittleEndian
+from scipy import ndimage
 
 from dicom_sr import codes
 from dicom_sr.seg import EncodingError
@@ -28,8 +29,7 @@ def sr_for(findings: Findings, headers: list[pydicom.Dataset], seg: pydicom.Data
     uids = result_uids(headers[0].SeriesInstanceUID, ALGORITHM.name, ALGORITHM.version,
                        ALGORITHM.model_sha256, ResultKind.SR)
     return build_sr(findings, headers, seg, series_instance_uid=uids.series_instance_uid,
-                    sop_instance_uid=uids.sop_instance_uid, series_number=SR_SERIES_NUMBER,
-                    procedure_reported=codes.CT_OF_CHEST, **kwargs)
+                    sop_instance_uid=uids.sop_instance_uid, series_number=SR_SERIES_NUMBER, **kwargs)
 
 
 def code_of(item: pydicom.Dataset) -> tuple[str, str, str]:
@@ -149,10 +149,71 @@ def test_sr_tracking_uids_match_the_seg_segments(report, seg) -> None:
     assert whole.tracking_uid not in segment_tracking.values()
 
 
-def test_sr_group_without_segment_references_the_source_images(report, findings) -> None:
-    (whole,) = report.get_image_measurement_groups()
-    referenced = [image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for image in whole.source_images]
-    assert referenced == list(findings.source_sop_instance_uids)
+def test_sr_group_without_segment_is_drawn_as_the_bounding_box_of_its_segments(sr, findings, chest_ct) -> None:
+    headers, _ = chest_ct
+    (both,) = [g for g in findings.groups if g.segment is None]
+    union = np.zeros(findings.segments[0].shape, dtype=bool)
+    for index in both.region_segments:
+        union |= findings.segments[index].full_mask()
+    fullest = int(np.argmax(union.sum(axis=(1, 2))))
+    (group,) = [g for g in _groups(sr) if _tracking_id(g) == both.tracking_id]
+    (region,) = [item for item in group.ContentSequence if item.ValueType == "SCOORD"]
+    assert region.GraphicType == "POLYLINE"
+    (selected_from,) = region.ContentSequence
+    assert selected_from.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == headers[fullest].SOPInstanceUID
+    rows, columns = np.nonzero(union[fullest])
+    points = np.asarray(region.GraphicData, dtype=float).reshape(-1, 2)
+    assert (points.min(axis=0) == (columns.min(), rows.min())).all()
+    assert (points.max(axis=0) == (columns.max() + 1, rows.max() + 1)).all()
+
+
+def test_sr_outline_of_each_segment_encloses_its_largest_part_on_its_fullest_slice(sr, findings, chest_ct) -> None:
+    headers, _ = chest_ct
+    for segment_group in (g for g in findings.groups if g.segment is not None):
+        mask = findings.segments[segment_group.segment].full_mask()
+        fullest = int(np.argmax(mask.sum(axis=(1, 2))))
+        groups = [g for g in _groups(sr) if _tracking_id(g) == segment_group.tracking_id]
+        assert len(groups) == 2  # TID 1411 (the SEG segment) and TID 1410 (its outline), one tracking UID
+        assert len({_tracking_uid(g) for g in groups}) == 1
+        (region,) = [item for g in groups for item in g.ContentSequence if item.ValueType == "SCOORD"]
+        assert region.ConceptNameCodeSequence[0].CodeValue == "111030"  # Image Region
+        (selected_from,) = region.ContentSequence
+        assert selected_from.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == headers[fullest].SOPInstanceUID
+        points = np.asarray(region.GraphicData, dtype=float).reshape(-1, 2)
+        assert (points[0] == points[-1]).all()  # closed
+        labels, _ = ndimage.label(mask[fullest])
+        largest = np.bincount(labels.ravel())[1:].argmax() + 1
+        expected = ndimage.binary_fill_holes(labels == largest)
+        assert (_inside(points, mask.shape[1:]) == expected).all()
+
+
+def _inside(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Pixels whose centre lies inside ``polygon`` ((column, row) vertices), by ray casting."""
+    rows, columns = np.mgrid[: shape[0], : shape[1]] + 0.5
+    inside = np.zeros(shape, dtype=bool)
+    for (x0, y0), (x1, y1) in zip(polygon[:-1], polygon[1:], strict=True):
+        if y0 == y1:
+            continue
+        crosses = (rows >= min(y0, y1)) & (rows < max(y0, y1))
+        x_at = x0 + (rows - y0) * (x1 - x0) / (y1 - y0)
+        inside ^= crosses & (columns < x_at)
+    return inside
+
+
+def _groups(sr: pydicom.Dataset) -> list[pydicom.Dataset]:
+    (measurements,) = [item for item in sr.ContentSequence
+                       if item.ConceptNameCodeSequence[0].CodeValue == "126010"]  # Imaging Measurements
+    return list(measurements.ContentSequence)
+
+
+def _tracking_id(group: pydicom.Dataset) -> str:
+    return next(str(item.TextValue) for item in group.ContentSequence
+                if item.ConceptNameCodeSequence[0].CodeValue == "112039")
+
+
+def _tracking_uid(group: pydicom.Dataset) -> str:
+    return next(str(item.UID) for item in group.ContentSequence
+                if item.ConceptNameCodeSequence[0].CodeValue == "112040")
 
 
 def test_sr_evidence_lists_the_source_images_and_the_seg(sr, seg, findings) -> None:
@@ -175,8 +236,8 @@ def test_sr_observer_is_the_radnode_device(sr) -> None:
         "radnode", "lung-qct", "1.2.0")
 
 
-def test_sr_reports_the_procedure_and_private_coding_scheme(sr) -> None:
-    assert procedures_reported(sr) == [as_tuple(codes.CT_OF_CHEST)]
+def test_sr_reports_a_cid_100_procedure_and_the_private_coding_scheme(sr) -> None:
+    assert procedures_reported(sr) == [as_tuple(codes.CT_UNSPECIFIED_BODY_REGION)]
     assert [item.CodingSchemeDesignator for item in sr.CodingSchemeIdentificationSequence] == [
         codes.PRIVATE_SCHEME]
 
@@ -251,7 +312,7 @@ def test_sr_reports_each_classification_as_finding_presence_and_probability(ches
         assert evaluations[as_tuple(classification.finding)] == as_tuple(
             codes.PRESENT if classification.present else codes.ABSENT)
         assert [s.referenced_sop_instance_uid for s in group.source_images] == [chest_dx.SOPInstanceUID]
-    assert procedures_reported(sr) == [as_tuple(codes.XR_UNSPECIFIED_BODY_REGION)]
+    assert procedures_reported(sr) == [as_tuple(codes.IMAGING_PROCEDURE)]
 
 
 def test_text_sr_holds_the_report_text_under_the_device_observer(chest_dx, cxr) -> None:

@@ -114,16 +114,18 @@ class LungQCT:
         )
         voxel_ml = geometry.voxel_ml
         groups = (
-            MeasurementGroup("Right lung", codes.RIGHT_LUNG, _measure(hu[right], voxel_ml), 0),
-            MeasurementGroup("Left lung", codes.LEFT_LUNG, _measure(hu[left], voxel_ml), 1),
-            MeasurementGroup("Both lungs", codes.LUNG, _measure(hu[right | left], voxel_ml)),
+            MeasurementGroup("Right lung", codes.RIGHT_LUNG, _measure(hu[right], voxel_ml), 0,
+                             finding_site=codes.RIGHT_LUNG),
+            MeasurementGroup("Left lung", codes.LEFT_LUNG, _measure(hu[left], voxel_ml), 1,
+                             finding_site=codes.LEFT_LUNG),
+            MeasurementGroup("Both lungs", codes.LUNG, _measure(hu[right | left], voxel_ml),
+                             finding_site=codes.LUNG, region_segments=(0, 1)),
         )
         return Findings(
             algorithm=Algorithm("radnode lung-qct", self.version),
             source_sop_instance_uids=volume.sop_instance_uids,
             segments=segments,
             groups=groups,
-            procedure_reported=codes.CT_OF_CHEST,
         )
 
 
@@ -431,6 +433,6 @@ def _measure(hu: torch.Tensor, voxel_ml: float) -> tuple[Measurement, ...]:
                     codes.UNIT_HOUNSFIELD, derivation=codes.MEAN),
         Measurement(codes.LOW_ATTENUATION_AREA_950,
                     100.0 * float((hu < LAA_THRESHOLD_HU).sum()) / count, codes.UNIT_PERCENT),
-        Measurement(codes.ATTENUATION_COEFFICIENT, float(torch.kthvalue(hu, rank).values),
-                    codes.UNIT_HOUNSFIELD, derivation=codes.PERCENTILE_15),
+        Measurement(codes.ATTENUATION_PERCENTILE_15, float(torch.kthvalue(hu, rank).values),
+                    codes.UNIT_HOUNSFIELD),
     )
