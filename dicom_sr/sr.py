@@ -247,10 +247,15 @@ def _classification_group(
     source: Sequence[pydicom.Dataset],
     sop_instance_uid: str,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 for one classifier output: the finding Present/Absent and its probability."""
+    """TID 1501 for one classifier output: the finding Present/Absent and its probability.
+
+    A classifier of one image judged all of it, so its region is the whole image (TID 1501 row 10
+    holds one reference): a viewer that shows only located findings (OHIF v3) can place it.
+    """
     finding = coded_concept(classification.finding)
     tracking_id = f"classification {classification.finding.meaning}"[:_LO_MAX_LENGTH]
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    whole_image = _whole_image(source[0]) if len(source) == 1 else None
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=derive_uid(sop_instance_uid, "tracking", tracking_id), identifier=tracking_id
         ),
@@ -273,8 +278,20 @@ def _classification_group(
                 value=coded_concept(codes.PRESENT if classification.present else codes.ABSENT),
             )
         ],
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in source],
+        source_images=None if whole_image is not None else [
+            hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in source
+        ],
     )
+    if whole_image is not None:
+        group[0].ContentSequence.append(_image_region(whole_image, source))
+    return group
+
+
+def _whole_image(image: pydicom.Dataset) -> Outline:
+    """The border of ``image``, as a closed outline."""
+    columns, rows = float(image.Columns), float(image.Rows)
+    corners = [[0.0, 0.0], [columns, 0.0], [columns, rows], [0.0, rows], [0.0, 0.0]]
+    return Outline(0, np.array(corners), int(image.Columns) * int(image.Rows))
 
 
 def _private_coding_schemes(findings: Findings) -> list[CodingSchemeIdentificationItem] | None:

@@ -7,16 +7,19 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# chromium: the status page is rendered headless in tests/test_web.py
+# chromium: the status page is rendered headless in tests/test_web.py, and OHIF in tests/test_viewer.py
 # orthanc-dicomweb: the STOW-RS destination in tests/test_delivery.py. (tests/test_dcmjs.py needs
 # node.js with npm, not installed here: the nodesource build bundles npm and conflicts with Debian's.)
-ensure_debs orthanc dcmtk dicom3tools chromium orthanc-dicomweb
-for tool in /usr/sbin/Orthanc /usr/bin/storescu /usr/bin/storescp /usr/bin/echoscu /usr/bin/dciodvfy; do
+# pixelmed-apps: PixelMed's DicomSRValidator / DicomInstanceValidator in tests/test_pixelmed.py
+ensure_debs orthanc dcmtk dicom3tools chromium orthanc-dicomweb pixelmed-apps
+for tool in /usr/sbin/Orthanc /usr/bin/storescu /usr/bin/storescp /usr/bin/echoscu /usr/bin/dciodvfy /usr/bin/java; do
     [ -x "$tool" ] || die "$tool not found after installing system packages"
 done
+[ -f /usr/share/java/pixelmed.jar ] || die "/usr/share/java/pixelmed.jar not found after installing pixelmed-apps"
 ensure_venv
 ensure_torch
 ensure_project test
+ensure_viewer
 
 cd "$RADNODE_ROOT"
 say "running tests: .venv/bin/python -m pytest -q $*"

@@ -311,7 +311,11 @@ def test_sr_reports_each_classification_as_finding_presence_and_probability(ches
         evaluations = {code_of(e.name): code_of(e.value) for e in group.get_qualitative_evaluations()}
         assert evaluations[as_tuple(classification.finding)] == as_tuple(
             codes.PRESENT if classification.present else codes.ABSENT)
-        assert [s.referenced_sop_instance_uid for s in group.source_images] == [chest_dx.SOPInstanceUID]
+        (region,) = [item for item in group[0].ContentSequence if item.ValueType == "SCOORD"]
+        assert region.GraphicData == [0, 0, chest_dx.Columns, 0, chest_dx.Columns, chest_dx.Rows,
+                                      0, chest_dx.Rows, 0, 0]  # the whole radiograph
+        (selected_from,) = region.ContentSequence
+        assert selected_from.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == chest_dx.SOPInstanceUID
     assert procedures_reported(sr) == [as_tuple(codes.IMAGING_PROCEDURE)]
 
 
