@@ -145,3 +145,16 @@ ensure_project() {
     (cd "$RADNODE_ROOT" && pip_install -c "$VENV/torch-constraint.txt" -e "$spec")
     printf '%s\n' "$want" > "$stamp"
 }
+
+# tests/test_viewer.py opens results in the OHIF viewer: playwright-core (`npm ci` in tests/viewer,
+# no browser download: it drives the Debian chromium) and the built @ohif/app, fetched by
+# `npm pack` and checked against the integrity pinned in tests/viewer/package.json. Without npm the
+# test skips (as tests/test_dcmjs.py does), so this only says so.
+ensure_viewer() {
+    if ! command -v npm >/dev/null 2>&1; then
+        say "note: npm not found: tests/test_viewer.py and tests/test_dcmjs.py will skip (Debian: nodejs npm)"
+        return
+    fi
+    (cd "$RADNODE_ROOT" && "$VENV/bin/python" -m tests.ohif_viewer install) ||
+        die "installing tests/viewer (playwright-core, OHIF) failed"
+}

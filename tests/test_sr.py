@@ -149,7 +149,8 @@ def test_sr_tracking_uids_match_the_seg_segments(report, seg) -> None:
     assert whole.tracking_uid not in segment_tracking.values()
 
 
-def test_sr_group_without_segment_is_drawn_as_the_bounding_box_of_its_segments(sr, findings, chest_ct) -> None:
+def test_sr_group_without_segment_is_drawn_as_the_bounding_box_of_its_segments(
+        sr, findings, chest_ct) -> None:
     headers, _ = chest_ct
     (both,) = [g for g in findings.groups if g.segment is None]
     union = np.zeros(findings.segments[0].shape, dtype=bool)
@@ -167,7 +168,8 @@ def test_sr_group_without_segment_is_drawn_as_the_bounding_box_of_its_segments(s
     assert (points.max(axis=0) == (columns.max() + 1, rows.max() + 1)).all()
 
 
-def test_sr_outline_of_each_segment_encloses_its_largest_part_on_its_fullest_slice(sr, findings, chest_ct) -> None:
+def test_sr_outline_of_each_segment_encloses_its_largest_part_on_its_fullest_slice(
+        sr, findings, chest_ct) -> None:
     headers, _ = chest_ct
     for segment_group in (g for g in findings.groups if g.segment is not None):
         mask = findings.segments[segment_group.segment].full_mask()
@@ -178,7 +180,8 @@ def test_sr_outline_of_each_segment_encloses_its_largest_part_on_its_fullest_sli
         (region,) = [item for g in groups for item in g.ContentSequence if item.ValueType == "SCOORD"]
         assert region.ConceptNameCodeSequence[0].CodeValue == "111030"  # Image Region
         (selected_from,) = region.ContentSequence
-        assert selected_from.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == headers[fullest].SOPInstanceUID
+        (image,) = selected_from.ReferencedSOPSequence
+        assert image.ReferencedSOPInstanceUID == headers[fullest].SOPInstanceUID
         points = np.asarray(region.GraphicData, dtype=float).reshape(-1, 2)
         assert (points[0] == points[-1]).all()  # closed
         labels, _ = ndimage.label(mask[fullest])

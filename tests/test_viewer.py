@@ -1,0 +1,261 @@
+"""radnode's result objects in the OHIF v3 viewer, headless: what a radiologist sees on the screen.
+
+tests/test_dcmjs.py proves dcmjs decodes the objects; this proves the viewer built on it shows them.
+One Orthanc (with its DICOMweb plugin) holds the chest CT, the chest radiograph and the tilted head
+CT with every result object of tests/result_objects.py; one ``OhifServer`` (tests/ohif_viewer.py)
+serves the built OHIF 3.13.2 in front of it; one run of tests/viewer/view.mjs drives the system
+chromium through every object (a fresh page each, one browser) and answers what the page showed:
+its text, the text cornerstone drew on the image, OHIF's own state, page errors and console
+messages, and a screenshot. Each test then checks one object.
+
+Screenshots go to ``$RADNODE_TEST_ARTEFACTS/viewer`` (default tests/artifacts/viewer, ignored by
+git); the folder is printed at the start. Skips only when node.js/npm or chromium is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from inference.findings import MeasurementGroup
+from tests.ohif_viewer import CHROMIUM, VIEWER_DIR, OhifServer, ensure_installed
+from tests.orthanc import DICOMWEB_PLUGIN, Orthanc
+from tests.result_objects import CHEST_DX, HEAD_CT_TILTED, Written, write_corpus
+
+DATA = Path(__file__).parent / "data"
+CHEST_CT = DATA / "ct_chest_lungdx_a0001"
+DEFAULT_ARTEFACTS = Path(__file__).parent / "artifacts"
+_NODE_TIMEOUT_S = 420
+_STEP_TIMEOUT_MS = 45_000
+_SR_EXPECT_MS = 15_000  # the SR texts show within seconds, when they show at all
+
+#: The objects opened, and the route (OHIF mode) each is opened in: SEGs in the segmentation mode,
+#: whose panel lists segments; SRs in the basic viewer (the longitudinal mode, route /viewer).
+OPENED = {
+    "seg-binary": "/segmentation",
+    "seg-binary-tilted": "/segmentation",
+    "sr-measurements": "/viewer",
+    "sr-laterality": "/viewer",
+    "sr-classification": "/viewer",
+    "sr-text": "/viewer",
+}
+
+
+def _artefacts_dir() -> Path:
+    root = Path(os.environ.get("RADNODE_TEST_ARTEFACTS") or DEFAULT_ARTEFACTS)
+    folder = root / "viewer"
+    if folder.exists():
+        shutil.rmtree(folder)  # screenshots of this run only
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _tools() -> tuple[str, str]:
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("node.js and npm are needed to drive OHIF with playwright-core (Debian: nodejs npm)")
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} missing: install the Debian package chromium")
+    return node, npm
+
+
+def _expected_texts(written: Written) -> list[str]:
+    """What the page must show for ``written`` (waited for; the tests assert it)."""
+    findings = written.findings
+    if written.name.startswith("seg-"):
+        return [segment.label for segment in findings.segments]
+    if written.name in ("sr-measurements", "sr-laterality"):
+        return ["Volume", "mL"]
+    return []
+
+
+def _step(name: str, route: str, written: Written) -> dict[str, Any]:
+    """What view.mjs does with one object: open its study, double-click its series, wait, look."""
+    header = pydicom.dcmread(written.path, stop_before_pixels=True)
+    step: dict[str, Any] = {
+        "name": name, "route": route, "study": header.StudyInstanceUID,
+        "series": header.SeriesInstanceUID, "expect": _expected_texts(written),
+        "timeoutMs": _STEP_TIMEOUT_MS,
+    }
+    if written.name.startswith("seg-"):
+        step["click"] = ["Yes"]  # "Do you want to open this Segmentation?" on the image
+        step["clickTexts"] = [written.findings.segments[0].label]  # in the panel: go to its centre
+        step["colors"] = [list(segment.color_rgb) for segment in written.findings.segments]
+    else:
+        step["openPanels"] = ["trackedMeasurements-btn"]  # closed by default in /viewer
+        step["expectWithinMs"] = _SR_EXPECT_MS
+        step["arrowSteps"] = len(written.findings.groups)  # visit each measurement on its image
+    return step
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Written]:
+    return {w.name: w for w in write_corpus(tmp_path_factory.mktemp("corpus"))}
+
+
+def _say(config: pytest.Config, line: str) -> None:
+    """A line on the terminal even while pytest captures output (where the screenshots are)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def tools() -> tuple[str, str]:
+    """node and npm; the module skips (before any work) without them or without chromium."""
+    return _tools()
+
+
+@pytest.fixture(scope="module")
+def seen(tools: tuple[str, str], corpus: dict[str, Written], tmp_path_factory: pytest.TempPathFactory,
+         pytestconfig: pytest.Config) -> Iterator[dict[str, dict[str, Any]]]:
+    """Every object of ``OPENED`` opened in OHIF: what view.mjs reported, by object name."""
+    node, npm = tools
+    if not DICOMWEB_PLUGIN.is_file():
+        pytest.fail(f"{DICOMWEB_PLUGIN} missing: install the Debian package orthanc-dicomweb")
+    dist = ensure_installed(npm)
+    artefacts = _artefacts_dir()
+    _say(pytestconfig, f"OHIF screenshots: {artefacts}")
+
+    with Orthanc(tmp_path_factory.mktemp("orthanc"), plugins=[DICOMWEB_PLUGIN]) as pacs:
+        for source in (CHEST_CT, HEAD_CT_TILTED, CHEST_DX.parent):
+            pacs.upload_folder(source)
+        for written in corpus.values():
+            pacs.upload(written.path)
+        with OhifServer(dist, f"{pacs.url}/dicom-web") as viewer:
+            steps = [_step(name, route, corpus[name]) for name, route in OPENED.items()]
+            plan = artefacts / "plan.json"
+            plan.write_text(json.dumps({"baseUrl": viewer.url, "chromium": str(CHROMIUM),
+                                        "artefacts": str(artefacts), "steps": steps}, indent=2))
+            started = time.monotonic()
+            completed = subprocess.run([node, str(VIEWER_DIR / "view.mjs"), str(plan)], cwd=VIEWER_DIR,
+                                       capture_output=True, text=True, timeout=_NODE_TIMEOUT_S, check=False)
+            (artefacts / "view.stderr.txt").write_text(completed.stderr)
+            (artefacts / "server.log").write_text("\n".join(viewer.log))
+            assert completed.returncode == 0, f"view.mjs failed:\n{completed.stderr[-4000:]}"
+            answer = json.loads(completed.stdout)
+            (artefacts / "seen.json").write_text(json.dumps(answer, indent=2))
+            _say(pytestconfig, f"OHIF: {len(steps)} objects viewed in {time.monotonic() - started:.0f} s")
+    yield {step["name"]: step for step in answer["steps"]}
+
+
+def _shown(step: dict[str, Any]) -> str:
+    """Everything readable on the page: its text, and the text drawn on the viewport's svg layer."""
+    return step["innerText"] + "\n" + "\n".join(step["svgText"])
+
+
+def _errors(step: dict[str, Any]) -> list[str]:
+    """Uncaught page errors, and those OHIF caught in an error boundary ("Something went wrong")."""
+    return [*step["pageErrors"], *step["caughtErrors"]]
+
+
+def _report(step: dict[str, Any]) -> str:
+    """What to show when an assertion fails: the screenshot, errors, and OHIF's console."""
+    noisy = [f"  {m['type']}: {m['text']}" for m in step["console"]
+             if m["type"] in ("error", "warning") or "rehydratable" in m["text"]]
+    return (f"\nscreenshot: {step['screenshot']}\nerrors: {_errors(step)}\n"
+            f"failed requests: {step['failedRequests'][:10]}\nconsole errors/warnings:\n"
+            + "\n".join(noisy[:40])
+            + f"\nsvg text: {step['svgText']}\npage text:\n{step['innerText'][:3000]}")
+
+
+@pytest.mark.parametrize("name", ["seg-binary", "seg-binary-tilted"])
+def test_ohif_lists_the_seg_segments_by_label_and_paints_them_on_the_image(seen, corpus, name) -> None:
+    step = seen[name]
+    segments = corpus[name].findings.segments
+    assert _errors(step) == [], _report(step)
+    shown = _shown(step)
+    for segment in segments:
+        assert segment.label in shown, f"segment {segment.label!r} not in the panel" + _report(step)
+    (segmentation,) = step["segmentations"]
+    assert [g["label"] for g in segmentation["segments"]] == [s.label for s in segments], _report(step)
+    # on the slice through the first segment's centre (clicked in the panel) every segment shows in
+    # its recommended display colour; the grey CT alone has no pixel within 24 of any of them
+    counts = dict(zip((s.label for s in segments), step["colorCounts"]["counts"], strict=True))
+    assert all(count > 200 for count in counts.values()), (
+        f"segment colours in {step['viewportScreenshot']}: {counts}" + _report(step))
+
+
+@pytest.mark.parametrize("name", ["sr-measurements", "sr-laterality", "sr-classification", "sr-text"])
+def test_ohif_opens_each_sr_without_an_error(seen, name) -> None:
+    step = seen[name]
+    assert _errors(step) == [], _report(step)
+
+
+def _text_box_of(step: dict[str, Any], line: str) -> str | None:
+    """The text box drawn on the image (any position the viewer visited) that holds ``line``."""
+    return next((box for box in step["svgText"] if line in box.splitlines()), None)
+
+
+def _measurement_lines(group: MeasurementGroup) -> list[str]:
+    # OHIF writes each NUM as "<concept meaning>: <value, 2 decimals> <UCUM code>"
+    return [f"{m.concept.meaning}: {m.value:.2f} {m.unit.value}" for m in group.measurements]
+
+
+@pytest.mark.parametrize("name", ["sr-measurements", "sr-laterality"])
+def test_ohif_draws_each_sr_measurement_on_the_image_with_its_finding_site(seen, corpus, name) -> None:
+    step = seen[name]
+    for group in corpus[name].findings.groups:
+        lines = _measurement_lines(group)
+        box = _text_box_of(step, lines[0])
+        assert box is not None, f"{group.tracking_id}: {lines[0]!r} not drawn on the image" + _report(step)
+        shown = box.splitlines()
+        for line in lines:
+            assert line in shown, f"{group.tracking_id}: {line!r} not beside {lines[0]!r}" + _report(step)
+        assert len(set(shown)) == len(shown), f"two lines alike in {shown}" + _report(step)
+        if group.finding_site is not None:
+            site = group.finding_site.meaning
+            assert site in box, f"{group.tracking_id}: site {site!r} not beside {lines[0]!r}" + _report(step)
+
+
+@pytest.mark.parametrize("name", ["sr-measurements", "sr-laterality", "sr-classification"])
+def test_ohif_shows_each_sr_text_box_whole_on_the_image(seen, name) -> None:
+    # OHIF puts a measurement's text box at the right-most point of its graphic, unclamped: a
+    # region reaching the image's right edge has its text drawn off the viewport, unread
+    step = seen[name]
+    boxes = step["svgTextBoxes"]
+    assert boxes, "no text box drawn on the image" + _report(step)
+    cut = {box["text"].splitlines()[0]: box["onScreen"] for box in boxes if box["onScreen"] != 1}
+    assert not cut, f"text boxes not wholly on the viewport (fraction shown): {cut}" + _report(step)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "OHIF 3.13.2 draws a TID 1500 group's Finding Site as '363698007: <CodeMeaning>' and ignores its "
+    "Laterality modifier, so Lung+Right and Lung+Left both read '363698007: Lung'"))
+def test_ohif_shows_the_laterality_of_each_sr_finding_site(seen, corpus) -> None:
+    step = seen["sr-laterality"]
+    for group in corpus["sr-laterality"].findings.groups:
+        if group.finding_site_laterality is None:
+            continue
+        for line in _measurement_lines(group):
+            box = _text_box_of(step, line) or ""
+            side = group.finding_site_laterality.meaning
+            assert side in box, f"{group.tracking_id}: {side!r} not beside {line!r}" + _report(step)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "OHIF 3.13.2 labels a number by its concept name alone ('Probability') and anchors every "
+    "whole-image box at one point, one over another: which finding a probability is about is not "
+    "shown. radnode invents no location per finding; README 'Seeing results' says where to read them"))
+def test_ohif_names_each_classification_finding_beside_its_probability(seen, corpus) -> None:
+    drawn = "\n".join(seen["sr-classification"]["svgText"])
+    for classification in corpus["sr-classification"].findings.classifications:
+        assert classification.finding.meaning in drawn, classification.finding.meaning
+
+
+def test_ohif_shows_the_text_report_with_its_findings(seen, corpus) -> None:
+    step = seen["sr-text"]
+    for report in corpus["sr-text"].findings.report_text:
+        assert report.text in step["innerText"], f"{report.text!r} not shown" + _report(step)
