@@ -28,6 +28,16 @@ class ValidatorReport:
     warnings: tuple[str, ...]
     output: str
 
+    @classmethod
+    def parse(cls, output: str) -> ValidatorReport:
+        """The Error and Warning lines of a validator's output (dicom3tools and PixelMed alike)."""
+        lines = [line.strip() for line in output.splitlines()]
+        return cls(
+            errors=tuple(line for line in lines if line.startswith("Error")),
+            warnings=tuple(line for line in lines if line.startswith("Warning")),
+            output=output,
+        )
+
     def assert_no_errors(self) -> None:
         """Fail the test on any Error line; print the warnings so ``pytest -s``/``-rA`` shows them."""
         for warning in self.warnings:
@@ -51,12 +61,7 @@ def _run(tool: str, paths: list[Path]) -> ValidatorReport:
         check=False,
     )
     output = completed.stdout + completed.stderr
-    lines = [line.strip() for line in output.splitlines()]
-    return ValidatorReport(
-        errors=tuple(line for line in lines if line.startswith("Error")),
-        warnings=tuple(line for line in lines if line.startswith("Warning")),
-        output=output,
-    )
+    return ValidatorReport.parse(output)
 
 
 def check_iod(path: Path) -> ValidatorReport:

@@ -42,12 +42,7 @@ def _run(validator: str, path: Path) -> ValidatorReport:
     )
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, f"{validator} failed on {path}:\n{output}"
-    lines = [line.strip() for line in output.splitlines()]
-    return ValidatorReport(
-        errors=tuple(line for line in lines if line.startswith("Error")),
-        warnings=tuple(line for line in lines if line.startswith("Warning")),
-        output=output,
-    )
+    return ValidatorReport.parse(output)
 
 
 def validate_sr(path: Path) -> ValidatorReport:
