@@ -178,7 +178,7 @@ class Findings:
     source_sop_instance_uids: tuple[str, ...]
     segments: tuple[Segment, ...] = ()
     groups: tuple[MeasurementGroup, ...] = ()
-    procedure_reported: Code | None = None  # e.g. CT of chest; None: the encoder's default
+    procedure_reported: Code | None = None  # a CID 100 code; None: the encoder's default by modality
     classifications: tuple[Classification, ...] = ()
     report_text: tuple[ReportText, ...] = ()
 
