@@ -34,7 +34,6 @@ class Outline:
 
     slice_index: int
     points: np.ndarray
-    area_pixels: int
 
 
 def largest_outline(mask: np.ndarray, origin: tuple[int, int, int] = (0, 0, 0)) -> Outline | None:
@@ -50,11 +49,12 @@ def largest_outline(mask: np.ndarray, origin: tuple[int, int, int] = (0, 0, 0)) 
     labels, count = ndimage.label(plane)
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
     part = ndimage.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
-    return _placed(index, _trace(part), int(plane.sum()), origin)
+    return _placed(index, _trace(part), origin)
 
 
-def bounding_outline(mask: np.ndarray, origin: tuple[int, int, int] = (0, 0, 0)) -> Outline | None:
-    """The bounding rectangle of ``mask`` on its fullest slice, for a region of several parts."""
+def bounding_outline(mask: np.ndarray) -> Outline | None:
+    """The bounding rectangle of ``mask`` (the whole grid) on its fullest slice, for a region of
+    several parts."""
     index, plane = _fullest_slice(mask)
     if plane is None:
         return None
@@ -63,7 +63,7 @@ def bounding_outline(mask: np.ndarray, origin: tuple[int, int, int] = (0, 0, 0))
     top, bottom = float(rows[0]), float(rows[-1] + 1)
     left, right = float(columns[0]), float(columns[-1] + 1)
     points = np.array([[left, top], [right, top], [right, bottom], [left, bottom], [left, top]])
-    return _placed(index, points, int(plane.sum()), origin)
+    return Outline(index, points)
 
 
 def _fullest_slice(mask: np.ndarray) -> tuple[int, np.ndarray | None]:
@@ -76,10 +76,10 @@ def _fullest_slice(mask: np.ndarray) -> tuple[int, np.ndarray | None]:
     return index, mask[index]
 
 
-def _placed(index: int, points: np.ndarray, area: int, origin: tuple[int, int, int]) -> Outline:
+def _placed(index: int, points: np.ndarray, origin: tuple[int, int, int]) -> Outline:
     """The outline of a box's slice ``index`` on the source grid: the box starts at ``origin``."""
     z, y, x = origin
-    return Outline(index + z, points + np.array([float(x), float(y)]), area)
+    return Outline(index + z, points + np.array([float(x), float(y)]))
 
 
 def _trace(region: np.ndarray) -> np.ndarray:

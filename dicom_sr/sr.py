@@ -291,7 +291,7 @@ def _whole_image(image: pydicom.Dataset) -> Outline:
     """The border of ``image``, as a closed outline."""
     columns, rows = float(image.Columns), float(image.Rows)
     corners = [[0.0, 0.0], [columns, 0.0], [columns, rows], [0.0, rows], [0.0, 0.0]]
-    return Outline(0, np.array(corners), int(image.Columns) * int(image.Rows))
+    return Outline(0, np.array(corners))
 
 
 def _private_coding_schemes(findings: Findings) -> list[CodingSchemeIdentificationItem] | None:

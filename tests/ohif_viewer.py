@@ -259,25 +259,6 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the viewer makes hundreds of small requests
     server: _Server
 
-    # BaseHTTPRequestHandler dispatches on do_<METHOD>
-    def do_GET(self) -> None:  # noqa: N802
-        self._dispatch()
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._dispatch()
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._dispatch()
-
-    def do_PUT(self) -> None:  # noqa: N802
-        self._dispatch()
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._dispatch()
-
-    def do_OPTIONS(self) -> None:  # noqa: N802
-        self._dispatch()
-
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         self.server.site.note(f"{self.address_string()} {format % args}")
 
@@ -292,6 +273,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_bytes(HTTPStatus.METHOD_NOT_ALLOWED, b"", "text/plain")
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the browser gave up on this request (navigation, abort)
+
+    # BaseHTTPRequestHandler dispatches on do_<METHOD>; every method takes the same route
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_OPTIONS = _dispatch  # noqa: N815
 
     def _send_bytes(self, status: HTTPStatus, body: bytes, content_type: str, *, cache: bool = False) -> None:
         self.send_response(status)
