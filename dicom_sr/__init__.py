@@ -4,7 +4,7 @@
     dicom_sr.uids    deterministic ``2.25.`` UIDs: a re-run replaces, never duplicates
     dicom_sr.seg     build_seg: Findings.segments → Segmentation (BINARY, FRACTIONAL or LABELMAP)
     dicom_sr.sr      build_sr: Findings.groups + classifications → Comprehensive 3D SR, TID 1500
-    dicom_sr.text    build_text_sr: Findings.report_text → Comprehensive SR with TEXT items
+    dicom_sr.text    build_text_sr: report text, classifications → Comprehensive SR with TEXT items
     dicom_sr.sc      build_sc: key slices with the segments burned in → Secondary Capture images
 
 The names below are loaded on first use (PEP 562), so ``import dicom_sr.codes`` stays free of

@@ -1,13 +1,19 @@
-"""Findings.report_text → a Comprehensive SR with the text in TEXT content items (PS3.3 A.35.3).
+"""Findings as text a person reads: a Comprehensive SR with TEXT content items (PS3.3 A.35.3).
 
-For report generators: the machine's words, readable in any SR viewer, never mistaken for a
-radiologist's. Content tree (TID 2000-like; PS3.16)::
+For report generators (Findings.report_text) and classifiers (Findings.classifications): the
+machine's words, readable in any SR viewer, never mistaken for a radiologist's. A classifier's
+outputs are also coded in the TID 1500 report (dicom_sr.sr); this is their readable companion,
+because a viewer that draws TID 1500 on the image (OHIF v3) labels a probability by its concept
+name alone and cannot say which finding it is about. Content tree (TID 2000-like; PS3.16)::
 
     CONTAINER  Diagnostic imaging report (LN 18748-4, CID 7000)
     ├── TID 1204 language; TID 1002 observer context: a device observer (TID 1004), as in the TID 1500 report
-    ├── CONTAINER  Findings (DCM 121070)
+    ├── CONTAINER  Findings (DCM 121070), continuous text        (when there is report text)
     │   ├── TID 4019 algorithm identification (name, version, model sha256)
     │   └── TEXT  <heading of each ReportText> (e.g. Finding DCM 121071, Impression DCM 121073)
+    └── CONTAINER  Findings (DCM 121070), separate statements    (when there are classifications)
+        ├── TID 4019 algorithm identification
+        └── TEXT  <the finding's code>: "Present (probability 0.91)", most probable first
 
 The document is COMPLETE, UNVERIFIED and PRELIMINARY: a person must still sign it. Its default
 Series Description starts with "AI draft report (unverified)", for viewers that show only that.
@@ -32,15 +38,16 @@ from dicom_sr.seg import (
 )
 from dicom_sr.sr import (
     _algorithm_id,
+    _private_coding_schemes,
     _procedure_reported,
     _unsigned_report_arguments,
     device_observer_context,
 )
 
 if TYPE_CHECKING:  # annotations only: inference.findings imports dicom_sr.codes
-    from inference.findings import Findings
+    from inference.findings import Algorithm, Classification, Findings
 
-__all__ = ["MACHINE_GENERATED_PREFIX", "build_text_sr"]
+__all__ = ["MACHINE_GENERATED_PREFIX", "build_text_sr", "classification_statement"]
 
 _LO_MAX_LENGTH = 64
 #: Start of the default Series Description: the viewer's series list says what the text is.
@@ -59,9 +66,12 @@ def build_text_sr(
     manufacturer: str = MANUFACTURER,
     institution_name: str | None = None,
 ) -> hd.sr.ComprehensiveSR:
-    """Encode ``findings.report_text`` as a Comprehensive SR about the ``source`` images."""
-    if not findings.report_text:
-        raise EncodingError("findings have no report text: there is nothing to write")
+    """Encode ``findings.report_text`` and ``findings.classifications`` as a Comprehensive SR about
+    the ``source`` images."""
+    if not findings.report_text and not findings.classifications:
+        raise EncodingError(
+            "findings have no report text and no classifications: there is nothing to write"
+        )
     if not source:
         raise EncodingError("build_text_sr needs the source image headers, got none")
     algorithm = findings.algorithm
@@ -70,23 +80,12 @@ def build_text_sr(
         series_description = f"{MACHINE_GENERATED_PREFIX}: {algorithm.name} {algorithm.version}"
         series_description = series_description[:_LO_MAX_LENGTH]
     with _highdicom_encoding("text report"):
-        section = hd.sr.ContainerContentItem(
-            name=coded_concept(codes.FINDINGS),
-            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-        )
-        section.ContentSequence = hd.sr.ContentSequence(
-            [
-                *_algorithm_id(algorithm),
-                *(
-                    hd.sr.TextContentItem(
-                        name=coded_concept(text.heading),
-                        value=text.text,
-                        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-                    )
-                    for text in findings.report_text
-                ),
-            ]
-        )
+        sections = [
+            *([_section(algorithm, _report_texts(findings), continuous=True)]
+              if findings.report_text else []),
+            *([_section(algorithm, _classification_texts(findings), continuous=False)]
+              if findings.classifications else []),
+        ]
         root = hd.sr.ContainerContentItem(name=coded_concept(codes.DIAGNOSTIC_IMAGING_REPORT))
         root.ContentSequence = hd.sr.ContentSequence(
             [
@@ -94,12 +93,13 @@ def build_text_sr(
                     language=hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
                 ),
                 *device_observer_context(algorithm),
-                section,
+                *sections,
             ]
         )
         sr = hd.sr.ComprehensiveSR(
             evidence=_with_type_2_present(source),
             content=root,
+            coding_schemes=_private_coding_schemes(findings),
             **_unsigned_report_arguments(
                 algorithm,
                 procedure,
@@ -114,3 +114,50 @@ def build_text_sr(
         )
     _tidy_copied_attributes(sr)
     return sr
+
+
+def _section(
+    algorithm: Algorithm, texts: list[hd.sr.TextContentItem], *, continuous: bool
+) -> hd.sr.ContainerContentItem:
+    """A Findings section: the algorithm that wrote it (TID 4019), then its ``texts``.
+
+    Report text is one flowing text (continuous); classifier outputs are separate statements, which
+    viewers show one per line under their finding's name.
+    """
+    section = hd.sr.ContainerContentItem(
+        name=coded_concept(codes.FINDINGS),
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        is_content_continuous=continuous,
+    )
+    section.ContentSequence = hd.sr.ContentSequence([*_algorithm_id(algorithm), *texts])
+    return section
+
+
+def _report_texts(findings: Findings) -> list[hd.sr.TextContentItem]:
+    return [
+        hd.sr.TextContentItem(
+            name=coded_concept(text.heading),
+            value=text.text,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+        for text in findings.report_text
+    ]
+
+
+def _classification_texts(findings: Findings) -> list[hd.sr.TextContentItem]:
+    """One statement per classifier output, named by its finding: the call and its probability."""
+    ranked = sorted(findings.classifications, key=lambda c: c.probability, reverse=True)
+    return [
+        hd.sr.TextContentItem(
+            name=coded_concept(classification.finding),
+            value=classification_statement(classification),
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+        for classification in ranked
+    ]
+
+
+def classification_statement(classification: Classification) -> str:
+    """How a classifier output reads: "Present (probability 0.91)" (the call at the model's threshold)."""
+    call = codes.PRESENT if classification.present else codes.ABSENT
+    return f"{call.meaning} (probability {classification.probability:.2f})"

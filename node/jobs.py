@@ -198,7 +198,8 @@ class JobRunner:
     def _encode(
         self, work: _Work, version: str, source: Volume | RadiographSeries, findings: Findings
     ) -> list[tuple[str, Dataset]]:
-        """Every object the findings call for: SEG, TID 1500 SR, text SR; SC when a destination wants it.
+        """Every object the findings call for: SEG, TID 1500 SR, text SR (report text, classifications);
+        SC when a destination wants it.
 
         The objects reference the images the findings come from (a report generator reads one of a
         series' radiographs), in the source's order.
@@ -224,7 +225,7 @@ class JobRunner:
             sr = build_sr(findings, headers, seg, series_number=SR_SERIES_NUMBER,
                           procedure_reported=findings.procedure_reported, **uids(ResultKind.SR))
             objects.append((ResultKind.SR.value, sr))
-        if findings.report_text:
+        if findings.report_text or findings.classifications:  # classifications: their readable companion
             text = build_text_sr(findings, headers, series_number=TEXT_SERIES_NUMBER,
                                  **uids(ResultKind.TEXT))
             objects.append((ResultKind.TEXT.value, text))

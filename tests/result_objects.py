@@ -6,18 +6,23 @@ tests/test_results_corpus.py validates with dciodvfy and tests/test_dcmjs.py rea
     seg-laterality, sr-laterality               the lungs coded as Lung + Right/Left modifiers
     sr-measurements                             TID 1500 with TID 1411 groups → seg-binary
     sr-classification                           TID 1500 with the 14 ChestX-ray14 outputs, chest DX
-    sr-text                                     Comprehensive SR, report text, chest DX
+    sr-text                                     Comprehensive SR, report text and classifications, chest DX
+    seg-lung-unet, sr-lung-unet                 the shipped lung-unet model's real output on the chest CT
+    seg-many                                    117 segments (TotalSegmentator's table), a block of body each
+    seg-mr, sr-mr                               brain MR (EPI), tumour regions coded as the brain-tumor preset
     sc-1 … sc-N                                 Secondary Capture key images of the chest CT
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
+import torch
 
 from dicom_sr import codes
 from dicom_sr.codes import Code
@@ -26,23 +31,42 @@ from dicom_sr.seg import SegType, build_seg
 from dicom_sr.sr import build_sr
 from dicom_sr.text import build_text_sr
 from dicom_sr.uids import ResultKind, result_uids
-from inference.findings import Algorithm, Classification, Findings, ReportText, Segment
-from inference.labels import load_finding_table
+from inference.findings import (
+    Algorithm,
+    Classification,
+    Findings,
+    Measurement,
+    MeasurementGroup,
+    ReportText,
+    Segment,
+)
+from inference.labels import load_finding_table, load_label_table
+from inference.model_config import LabelSpec
+from inference.pipelines import create
+from inference.registry import ModelRegistry
+from inference.volume import Volume, load_series
+from node.config import load_config
 from tests.dicom_files import dicom_files_under
-from tests.test_seg import ALGORITHM, load_chest_ct, lung_findings
+from tests.test_seg import ALGORITHM, CHEST_CT, load_chest_ct, lung_findings
 
 __all__ = [
     "CXR_ALGORITHM",
-    "with_laterality",
     "HEAD_CT_TILTED",
+    "MR_BRAIN",
     "Written",
+    "brain_mr_findings",
     "chest_x_ray_findings",
     "load_tilted_head_ct",
+    "lung_unet_findings",
+    "many_class_findings",
     "tilted_head_findings",
+    "with_laterality",
     "write_corpus",
 ]
 
 DATA = Path(__file__).parent / "data"
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "radnode.yaml"
+MR_BRAIN = DATA / "mr_brain_epi_ge"
 HEAD_CT_TILTED = DATA / "ct_head_tilt_ge"
 CHEST_DX = DATA / "dx_chest_highdicom" / "dx_image.dcm"
 CXR_ALGORITHM = Algorithm(name="cxr14", version="0.3.0", model_sha256="c4" * 32)
@@ -110,6 +134,86 @@ def chest_x_ray_findings(dx: pydicom.Dataset) -> Findings:
             ReportText(codes.IMPRESSION, "Small left pleural effusion."),
         ),
     )
+
+
+def lung_unet_findings(chest: Volume, cache: Path) -> Findings:
+    """The shipped lung-unet model (the demo configuration's entry, pinned) run on ``chest`` on the CPU."""
+    model = load_config(DEMO_CONFIG).models["lung-unet"].model_copy(update={"backend": "torch"})
+    cpu = torch.device("cpu")
+    return create("lung-unet", "lung-unet", ModelRegistry({"lung-unet": model}, cpu, cache)).run(chest, cpu)
+
+
+def _segment(label: LabelSpec, mask: np.ndarray) -> Segment:
+    """A segment coded and coloured as ``label`` (a row of a shipped label table) says."""
+    optional = {
+        "property_modifier": (label.modifier, label.modifier_meaning),
+        "anatomic_region": (label.region, label.region_meaning),
+        "anatomic_region_modifier": (label.region_modifier, label.region_modifier_meaning),
+    }
+    return Segment(label.name, Code.parse(label.category, label.category_meaning),
+                   Code.parse(label.code, label.meaning), label.colour, mask,
+                   **{key: Code.parse(*pair) for key, pair in optional.items() if pair[0] and pair[1]})
+
+
+def many_class_findings(headers: list[pydicom.Dataset], hu: np.ndarray) -> Findings:
+    """Every class of TotalSegmentator's table (117) as one compact block of the body, as a whole-body
+    model's organs are: each segment on a few slices, so the SEG is as large as a real one would be.
+
+    (Its random-weight network finds about 20 classes on this chest CT: tests/test_wholebody_presets.py.)
+    """
+    table = load_label_table("totalsegmentator-ct")
+    slabs, rows, columns = 9, 4, 4  # 144 blocks ≥ 117 classes
+    z = np.arange(hu.shape[0])[:, None, None] * slabs // hu.shape[0]
+    y = np.arange(hu.shape[1])[None, :, None] * rows // hu.shape[1]
+    x = np.arange(hu.shape[2])[None, None, :] * columns // hu.shape[2]
+    body = hu > -500
+    block = np.where(body, (z * rows + y) * columns + x, -1)
+    fullest = np.sort(np.argsort(np.bincount(block[body], minlength=slabs * rows * columns))[-len(table):])
+    return Findings(
+        algorithm=Algorithm(name="totalsegmentator-ct", version="2.4.0", model_sha256="7a" * 32),
+        source_sop_instance_uids=tuple(ds.SOPInstanceUID for ds in headers),
+        segments=tuple(_segment(label, block == index)
+                       for index, (_, label) in zip(fullest, sorted(table.items()), strict=True)),
+    )
+
+
+def brain_mr_findings(headers: list[pydicom.Dataset], signal: np.ndarray) -> Findings:
+    """The brain-tumor preset's three regions (its label table's codes, nested as BraTS's are) as
+    a sphere in the real MR's brain: whole tumour 20 mm, its core 12 mm, the enhancing rim of the
+    core; a volume for each."""
+    table = load_label_table("brain-tumor")
+    row_mm, column_mm = (float(v) for v in headers[0].PixelSpacing)
+    spacing = np.array([float(headers[0].SliceThickness), row_mm, column_mm])
+    brain = signal > np.percentile(signal, 60)
+    centre = np.array(np.nonzero(brain)).mean(axis=1) + np.array([0, -8, 6])  # off the midline
+    grid = np.indices(signal.shape).reshape(3, -1).T
+    distance_mm = np.linalg.norm((grid - centre) * spacing, axis=1).reshape(signal.shape)
+    whole, core = brain & (distance_mm < 20), brain & (distance_mm < 12)
+    masks = {"tumor core": core, "whole tumor": whole, "enhancing tumor": core & (distance_mm > 7)}
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    labels = [label for _, label in sorted(table.items())]
+    return Findings(
+        algorithm=Algorithm(name="brain-tumor", version="0.5.0", model_sha256="b7" * 32),
+        source_sop_instance_uids=tuple(ds.SOPInstanceUID for ds in headers),
+        segments=tuple(_segment(label, masks[label.name]) for label in labels),
+        groups=tuple(
+            MeasurementGroup(label.name, Code.parse(label.code, label.meaning),
+                             (Measurement(codes.VOLUME, float(masks[label.name].sum()) * voxel_ml,
+                                          codes.UNIT_MILLILITER),),
+                             index, finding_site=BRAIN)
+            for index, label in enumerate(labels)
+        ),
+    )
+
+
+def _load_mr() -> tuple[list[pydicom.Dataset], np.ndarray]:
+    """The MR slices in order along their normal (headers without Pixel Data) and their signal."""
+    full = sorted((pydicom.dcmread(path) for path in MR_BRAIN.glob("*.dcm")),
+                  key=lambda ds: float(ds.ImagePositionPatient[2]))
+    signal = np.stack([ds.pixel_array.astype(np.float32) for ds in full])
+    for ds in full:
+        del ds.PixelData
+    return full, signal
 
 
 def _with_probabilities(findings: Findings, hu: np.ndarray) -> Findings:
@@ -192,4 +296,25 @@ def write_corpus(folder: Path) -> list[Written]:
          build_sr(cxr, [dx], None, series_number=9902, **_uids(dx, CXR_ALGORITHM, ResultKind.SR)), cxr)
     save("sr-text", ResultKind.TEXT,
          build_text_sr(cxr, [dx], series_number=9903, **_uids(dx, CXR_ALGORITHM, ResultKind.TEXT)), cxr)
+
+    chest = load_series(sorted(CHEST_CT.glob("*.dcm")))
+    learned = lung_unet_findings(chest, folder / "model-cache")
+    _seg_and_sr(save, "lung-unet", learned, chest.headers)
+    many = many_class_findings(headers, hu)
+    save("seg-many", ResultKind.SEG,
+         build_seg(many, headers, series_number=9901, **_uids(headers[0], many.algorithm, ResultKind.SEG)),
+         many, SegType.BINARY)
+    mr_headers, signal = _load_mr()
+    _seg_and_sr(save, "mr", brain_mr_findings(mr_headers, signal), mr_headers)
     return written
+
+
+def _seg_and_sr(save: Callable[..., None], name: str, findings: Findings,
+                headers: Sequence[pydicom.Dataset]) -> None:
+    """The SEG and TID 1500 SR of ``findings``, as the worker writes them, saved as seg-NAME, sr-NAME."""
+    seg = build_seg(findings, headers, series_number=9901,
+                    **_uids(headers[0], findings.algorithm, ResultKind.SEG))
+    save(f"seg-{name}", ResultKind.SEG, seg, findings, SegType.BINARY)
+    save(f"sr-{name}", ResultKind.SR,
+         build_sr(findings, headers, seg, series_number=9902,
+                  **_uids(headers[0], findings.algorithm, ResultKind.SR)), findings)

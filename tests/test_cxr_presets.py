@@ -9,6 +9,7 @@ The last test runs both presets end to end: Orthanc → radnode → Orthanc.
 from __future__ import annotations
 
 import io
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage
 
 from dicom_sr import codes
 from dicom_sr.sr import build_sr
-from dicom_sr.text import MACHINE_GENERATED_PREFIX, build_text_sr
+from dicom_sr.text import MACHINE_GENERATED_PREFIX, build_text_sr, classification_statement
 from inference.errors import ModelChecksumMismatch, ModelFileMissing, ModelFormatError, NotApplicable
 from inference.findings import Findings
 from inference.formats import file_sha256
@@ -377,14 +378,15 @@ def test_each_preset_without_its_weights_names_the_file_and_where_it_is_expected
 
 # --- end to end: Orthanc → radnode (cxr-findings, cxr-report) → Orthanc -----------------------------------
 
-def _results(pacs: Orthanc, study_id: str) -> dict[str, pydicom.Dataset]:
-    """The study's SR objects by SOP Class (TID 1500 Comprehensive 3D SR, text Comprehensive SR)."""
+def _results(pacs: Orthanc, study_id: str) -> dict[tuple[str, str], pydicom.Dataset]:
+    """The study's SR objects by SOP Class (TID 1500 Comprehensive 3D SR, text Comprehensive SR) and
+    the algorithm that wrote them (Manufacturer's Model Name)."""
     found = {}
     for item in pacs.series_of_study(study_id):
         if item["MainDicomTags"].get("Modality") == "SR":
             for instance in pacs.instances_of_series(item["ID"]):
                 ds = pydicom.dcmread(io.BytesIO(pacs.download_instance(instance["ID"])))
-                found[str(ds.SOPClassUID)] = ds
+                found[(str(ds.SOPClassUID), str(ds.ManufacturerModelName))] = ds
     return found
 
 
@@ -406,11 +408,13 @@ def test_chest_radiograph_routed_from_orthanc_comes_back_with_findings_and_draft
         study_id = pacs.send_study("radnode", study_uid)
         start = time.monotonic()
         results = wait_for(lambda: _results(pacs, study_id), timeout=RESULT_TIMEOUT_S, interval=1.0,
-                           until=lambda found: len(found) == 2, what="findings SR and report SR in Orthanc")
+                           until=lambda found: len(found) == 3,
+                           what="findings SR, its text SR and the report SR in Orthanc")
         status = node.cli("status")
-    print(f"CR sent → findings SR + report SR in Orthanc: {time.monotonic() - start:.1f} s")
+    print(f"CR sent → findings SRs + report SR in Orthanc: {time.monotonic() - start:.1f} s")
 
-    measurement_file = _write(results[Comprehensive3DSRStorage], tmp_path / "findings-sr.dcm")
+    classifier, generator = classified.algorithm.name, reported.algorithm.name
+    measurement_file = _write(results[(Comprehensive3DSRStorage, classifier)], tmp_path / "findings-sr.dcm")
     report = hd.sr.MeasurementReport.from_sequence(hd.sr.srread(measurement_file).content)
     groups = report.get_image_measurement_groups()
     table = load_finding_table("chestxray14")
@@ -425,7 +429,17 @@ def test_chest_radiograph_routed_from_orthanc_comes_back_with_findings_and_draft
         present = codes.PRESENT if probability.value >= spec.threshold else codes.ABSENT
         assert calls[spec.code.split(":", 1)[1]] == present.value
 
-    text = results[ComprehensiveSRStorage]
+    statements = {item.ConceptNameCodeSequence[0].CodeMeaning: item.TextValue
+                  for section in results[(ComprehensiveSRStorage, classifier)].ContentSequence
+                  if section.ValueType == "CONTAINER" for item in section.ContentSequence
+                  if item.ValueType == "TEXT"}
+    for expected in classified.classifications:  # the readable companion, as a viewer shows it
+        call, probability = re.fullmatch(r"(\w+) \(probability ([0-9.]+)\)",
+                                         statements[expected.finding.meaning]).groups()
+        assert call == classification_statement(expected).split()[0]
+        assert float(probability) == pytest.approx(expected.probability, abs=0.005 + 1e-5)
+
+    text = results[(ComprehensiveSRStorage, generator)]
     assert text.SeriesDescription.startswith(MACHINE_GENERATED_PREFIX)
     assert (text.VerificationFlag, text.PreliminaryFlag) == ("UNVERIFIED", "PRELIMINARY")
     (section,) = [item for item in text.ContentSequence if item.ValueType == "CONTAINER"]

@@ -136,6 +136,14 @@ def test_it_reproduces_the_lung_qct_masks_it_was_distilled_from(chest: Volume,
         assert _dice(student[name], teacher[name]) >= floor, name
 
 
+def test_each_lung_s_measurements_are_found_at_that_lung(torchscript_findings: Findings) -> None:
+    # an anatomical structure is its own finding site: viewers that label numbers by concept
+    # name and site alone (OHIF v3) so say which lung "Volume" is about
+    sites = {group.tracking_id: group.finding_site for group in torchscript_findings.groups}
+    assert sites == {segment.label: segment.property_type for segment in torchscript_findings.segments}
+    assert {site.meaning for site in sites.values() if site is not None} == {"Right lung", "Left lung"}
+
+
 def test_a_series_stored_with_columns_toward_the_patients_right_gets_the_same_lungs(
     model: ModelConfig, chest: Volume, torchscript_findings: Findings, tmp_path: Path
 ) -> None:

@@ -63,7 +63,7 @@ def test_srs_and_segs_are_recognised_and_fully_checked(reports) -> None:
 
 
 def test_measurement_reports_follow_tid_1500_without_a_warning(reports) -> None:
-    for name in ("sr-measurements", "sr-laterality"):
+    for name in ("sr-measurements", "sr-laterality", "sr-lung-unet", "sr-mr"):
         _, report = reports[name]
         assert "Found Root Template TID_1500" in report.output
         assert report.warnings == (), (name, report.warnings)

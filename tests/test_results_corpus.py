@@ -29,6 +29,11 @@ NAMES = [
     "sr-laterality",
     "sr-classification",
     "sr-text",
+    "seg-lung-unet",
+    "sr-lung-unet",
+    "seg-many",
+    "seg-mr",
+    "sr-mr",
 ]
 DCIODVFY_PREDATES_LABELMAP = (
     "Error - SegmentNumber not monotonically increasing from one by one - have SegmentSequence "

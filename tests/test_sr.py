@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import highdicom as hd
@@ -330,7 +331,8 @@ def test_text_sr_holds_the_report_text_under_the_device_observer(chest_dx, cxr) 
                for item in sr.ContentSequence if item.RelationshipType == "HAS OBS CONTEXT"}
     assert context["121005"].ConceptCodeSequence[0].CodeValue == "121007"  # a device, not a person
     assert context["121013"].TextValue == "radnode cxr14 0.3.0"
-    (section,) = [item for item in sr.ContentSequence if item.ValueType == "CONTAINER"]
+    section, _classifications = [item for item in sr.ContentSequence if item.ValueType == "CONTAINER"]
+    assert section.ContinuityOfContent == "CONTINUOUS"  # the generator's text flows as one text
     texts = [(code_of(item.ConceptNameCodeSequence[0]), item.TextValue)
              for item in section.ContentSequence if item.RelationshipType == "CONTAINS"]
     assert texts == [(as_tuple(t.heading), t.text) for t in cxr.report_text]
@@ -339,3 +341,32 @@ def test_text_sr_holds_the_report_text_under_the_device_observer(chest_dx, cxr) 
     algorithm_names = [item.TextValue for item in section.ContentSequence
                        if item.ConceptNameCodeSequence[0].CodeValue == "111001"]  # Algorithm Name
     assert algorithm_names == ["cxr14"]
+
+
+def test_text_sr_states_each_classification_under_its_finding_most_probable_first(chest_dx, cxr) -> None:
+    # the readable companion of the TID 1500 report: a viewer shows "Pneumothorax: Present (probability …)"
+    sr = build_text_sr(cxr, [chest_dx], series_number=9903, **cxr_uids(chest_dx, ResultKind.TEXT))
+    _report, section = [item for item in sr.ContentSequence if item.ValueType == "CONTAINER"]
+    assert code_of(section.ConceptNameCodeSequence[0]) == as_tuple(codes.FINDINGS)
+    assert section.ContinuityOfContent == "SEPARATE"
+    tid_4019 = ("111001", "111002", "111003")  # algorithm name, parameters, version
+    statements = [(code_of(item.ConceptNameCodeSequence[0]), item.TextValue)
+                  for item in section.ContentSequence if item.ValueType == "TEXT"
+                  and item.ConceptNameCodeSequence[0].CodeValue not in tid_4019]
+    ranked = sorted(cxr.classifications, key=lambda c: c.probability, reverse=True)
+    assert statements == [
+        (as_tuple(c.finding), f"{'Present' if c.present else 'Absent'} (probability {c.probability:.2f})")
+        for c in ranked
+    ]
+    assert statements[0][1].startswith("Present") and statements[-1][1].startswith("Absent")
+
+
+def test_text_sr_of_a_classifier_alone_holds_only_its_statements(chest_dx, cxr) -> None:
+    classifier = dataclasses.replace(cxr, report_text=())
+    sr = build_text_sr(classifier, [chest_dx], series_number=9903, **cxr_uids(chest_dx, ResultKind.TEXT))
+    (section,) = [item for item in sr.ContentSequence if item.ValueType == "CONTAINER"]
+    assert section.ContinuityOfContent == "SEPARATE"
+    assert sum(item.ValueType == "TEXT" for item in section.ContentSequence) >= len(cxr.classifications)
+    with pytest.raises(EncodingError, match="no report text and no classifications"):
+        build_text_sr(dataclasses.replace(classifier, classifications=()), [chest_dx], series_number=9903,
+                      **cxr_uids(chest_dx, ResultKind.TEXT))

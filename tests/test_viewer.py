@@ -23,18 +23,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 
-from inference.findings import MeasurementGroup
+from dicom_sr.text import classification_statement
+from inference.findings import MeasurementGroup, Segment
 from tests.ohif_viewer import CHROMIUM, VIEWER_DIR, OhifServer, ensure_installed
 from tests.orthanc import DICOMWEB_PLUGIN, Orthanc
-from tests.result_objects import CHEST_DX, HEAD_CT_TILTED, Written, write_corpus
+from tests.result_objects import CHEST_DX, HEAD_CT_TILTED, MR_BRAIN, Written, write_corpus
 
 DATA = Path(__file__).parent / "data"
 CHEST_CT = DATA / "ct_chest_lungdx_a0001"
 DEFAULT_ARTEFACTS = Path(__file__).parent / "artifacts"
-_NODE_TIMEOUT_S = 420
+_NODE_TIMEOUT_S = 600
 _STEP_TIMEOUT_MS = 45_000
 _SR_EXPECT_MS = 15_000  # the SR texts show within seconds, when they show at all
 
@@ -43,11 +45,20 @@ _SR_EXPECT_MS = 15_000  # the SR texts show within seconds, when they show at al
 OPENED = {
     "seg-binary": "/segmentation",
     "seg-binary-tilted": "/segmentation",
+    "seg-lung-unet": "/segmentation",
+    "seg-mr": "/segmentation",
+    "seg-many": "/segmentation",
     "sr-measurements": "/viewer",
     "sr-laterality": "/viewer",
+    "sr-lung-unet": "/viewer",
+    "sr-mr": "/viewer",
     "sr-classification": "/viewer",
     "sr-text": "/viewer",
 }
+#: The SEGs whose segments are all on the slice through the first one's centre.
+FEW_SEGMENTS = ["seg-binary", "seg-binary-tilted", "seg-lung-unet", "seg-mr"]
+#: The TID 1500 SRs of segmentations, each group drawn at its structure.
+MEASUREMENT_SRS = ["sr-measurements", "sr-laterality", "sr-lung-unet", "sr-mr"]
 
 
 def _artefacts_dir() -> Path:
@@ -73,9 +84,20 @@ def _expected_texts(written: Written) -> list[str]:
     findings = written.findings
     if written.name.startswith("seg-"):
         return [segment.label for segment in findings.segments]
-    if written.name in ("sr-measurements", "sr-laterality"):
+    if written.name in MEASUREMENT_SRS:
         return ["Volume", "mL"]
     return []
+
+
+def _painted(written: Written) -> tuple[Segment, ...]:
+    """The segments whose colour shows unmixed on the slice visited: of a few, those with voxels no
+    other segment covers (nested regions, as BraTS's, show blended); of many, the last one clicked."""
+    segments = written.findings.segments
+    if written.name not in FEW_SEGMENTS:
+        return segments[-1:]
+    masks = [segment.full_mask() for segment in segments]
+    return tuple(segment for index, segment in enumerate(segments)
+                 if (masks[index] & ~np.any([m for i, m in enumerate(masks) if i != index], axis=0)).any())
 
 
 def _step(name: str, route: str, written: Written) -> dict[str, Any]:
@@ -88,8 +110,11 @@ def _step(name: str, route: str, written: Written) -> dict[str, Any]:
     }
     if written.name.startswith("seg-"):
         step["click"] = ["Yes"]  # "Do you want to open this Segmentation?" on the image
-        step["clickTexts"] = [written.findings.segments[0].label]  # in the panel: go to its centre
-        step["colors"] = [list(segment.color_rgb) for segment in written.findings.segments]
+        # in the panel: go to the segment's centre (of many, the last one: the list must scroll to it)
+        segments = written.findings.segments
+        shown = segments[:1] if written.name in FEW_SEGMENTS else segments[-1:]
+        step["clickTexts"] = [segment.label for segment in shown]
+        step["colors"] = [list(segment.color_rgb) for segment in _painted(written)]
     else:
         step["openPanels"] = ["trackedMeasurements-btn"]  # closed by default in /viewer
         step["expectWithinMs"] = _SR_EXPECT_MS
@@ -130,7 +155,7 @@ def seen(tools: tuple[str, str], corpus: dict[str, Written], tmp_path_factory: p
     _say(pytestconfig, f"OHIF screenshots: {artefacts}")
 
     with Orthanc(tmp_path_factory.mktemp("orthanc"), plugins=[DICOMWEB_PLUGIN]) as pacs:
-        for source in (CHEST_CT, HEAD_CT_TILTED, CHEST_DX.parent):
+        for source in (CHEST_CT, HEAD_CT_TILTED, CHEST_DX.parent, MR_BRAIN):
             pacs.upload_folder(source)
         for written in corpus.values():
             pacs.upload(written.path)
@@ -171,7 +196,7 @@ def _report(step: dict[str, Any]) -> str:
             + f"\nsvg text: {step['svgText']}\npage text:\n{step['innerText'][:3000]}")
 
 
-@pytest.mark.parametrize("name", ["seg-binary", "seg-binary-tilted"])
+@pytest.mark.parametrize("name", FEW_SEGMENTS)
 def test_ohif_lists_the_seg_segments_by_label_and_paints_them_on_the_image(seen, corpus, name) -> None:
     step = seen[name]
     segments = corpus[name].findings.segments
@@ -181,14 +206,32 @@ def test_ohif_lists_the_seg_segments_by_label_and_paints_them_on_the_image(seen,
         assert segment.label in shown, f"segment {segment.label!r} not in the panel" + _report(step)
     (segmentation,) = step["segmentations"]
     assert [g["label"] for g in segmentation["segments"]] == [s.label for s in segments], _report(step)
-    # on the slice through the first segment's centre (clicked in the panel) every segment shows in
-    # its recommended display colour; the grey CT alone has no pixel within 24 of any of them
-    counts = dict(zip((s.label for s in segments), step["colorCounts"]["counts"], strict=True))
+    # on the slice through the first segment's centre (clicked in the panel) each segment of its own
+    # (voxels no other covers) shows in its recommended display colour; the grey image alone has
+    # no pixel within 24 of any of them
+    painted = _painted(corpus[name])
+    assert painted, "no segment of its own colour to look for"
+    counts = dict(zip((s.label for s in painted), step["colorCounts"]["counts"], strict=True))
     assert all(count > 200 for count in counts.values()), (
         f"segment colours in {step['viewportScreenshot']}: {counts}" + _report(step))
 
 
-@pytest.mark.parametrize("name", ["sr-measurements", "sr-laterality", "sr-classification", "sr-text"])
+def test_ohif_lists_all_117_segments_of_a_whole_body_seg_and_jumps_to_the_last(seen, corpus) -> None:
+    step = seen["seg-many"]
+    segments = corpus["seg-many"].findings.segments
+    assert len(segments) == 117
+    assert _errors(step) == [], _report(step)
+    (segmentation,) = step["segmentations"]
+    assert [g["label"] for g in segmentation["segments"]] == [s.label for s in segments], _report(step)
+    shown = step["innerText"].splitlines()
+    missing = [s.label for s in segments if s.label not in shown]
+    assert not missing, f"not in the panel: {missing}" + _report(step)
+    # clicked in the panel, the last segment is shown: its slice, in its colour
+    (count,) = step["colorCounts"]["counts"]
+    assert count > 200, f"{segments[-1].label} not painted in {step['viewportScreenshot']}" + _report(step)
+
+
+@pytest.mark.parametrize("name", [*MEASUREMENT_SRS, "sr-classification", "sr-text"])
 def test_ohif_opens_each_sr_without_an_error(seen, name) -> None:
     step = seen[name]
     assert _errors(step) == [], _report(step)
@@ -204,7 +247,7 @@ def _measurement_lines(group: MeasurementGroup) -> list[str]:
     return [f"{m.concept.meaning}: {m.value:.2f} {m.unit.value}" for m in group.measurements]
 
 
-@pytest.mark.parametrize("name", ["sr-measurements", "sr-laterality"])
+@pytest.mark.parametrize("name", MEASUREMENT_SRS)
 def test_ohif_draws_each_sr_measurement_on_the_image_with_its_finding_site(seen, corpus, name) -> None:
     step = seen[name]
     for group in corpus[name].findings.groups:
@@ -220,7 +263,7 @@ def test_ohif_draws_each_sr_measurement_on_the_image_with_its_finding_site(seen,
             assert site in box, f"{group.tracking_id}: site {site!r} not beside {lines[0]!r}" + _report(step)
 
 
-@pytest.mark.parametrize("name", ["sr-measurements", "sr-laterality", "sr-classification"])
+@pytest.mark.parametrize("name", [*MEASUREMENT_SRS, "sr-classification"])
 def test_ohif_shows_each_sr_text_box_whole_on_the_image(seen, name) -> None:
     # OHIF puts a measurement's text box at the right-most point of its graphic, unclamped: a
     # region reaching the image's right edge has its text drawn off the viewport, unread
@@ -259,3 +302,13 @@ def test_ohif_shows_the_text_report_with_its_findings(seen, corpus) -> None:
     step = seen["sr-text"]
     for report in corpus["sr-text"].findings.report_text:
         assert report.text in step["innerText"], f"{report.text!r} not shown" + _report(step)
+
+
+def test_ohif_shows_each_classification_by_name_with_its_call_and_probability_in_the_text_sr(
+        seen, corpus) -> None:
+    # where the TID 1500 overlay cannot name a classification's finding, its text companion does
+    step = seen["sr-text"]
+    lines = step["innerText"].splitlines()
+    for classification in corpus["sr-text"].findings.classifications:
+        line = f"{classification.finding.meaning}: {classification_statement(classification)}"
+        assert line in lines, f"{line!r} not shown" + _report(step)

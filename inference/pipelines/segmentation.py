@@ -237,17 +237,22 @@ def _start(box: tuple[slice, ...]) -> tuple[int, int, int]:
     return z, y, x
 
 
+_ANATOMICAL_STRUCTURE = f"{codes.ANATOMICAL_STRUCTURE.scheme}:{codes.ANATOMICAL_STRUCTURE.value}"  # CID 7150
+
+
 def _finding_site(label: LabelSpec, finding: Code) -> tuple[Code | None, Code | None]:
     """(finding site, its laterality) of a segment's TID 1411 group.
 
-    A lesion coded with the region it lies in is found at that region (with its modifier); a
-    structure with a laterality modifier (kidney + left) is found at itself, on that side, so the
-    SR keeps the side that the SEG carries as a modifier.
+    A lesion coded with the region it lies in is found at that region (with its modifier); an
+    anatomical structure is found at itself (a kidney + left on that side, so the SR keeps the
+    side that the SEG carries as a modifier). Viewers that label a measurement only by its concept
+    name and finding site (OHIF v3) so name the structure measured. Anything else (tissue, a
+    device) has no site it could be coded at.
     """
     if label.region is not None:
         return _optional_code(label.region, label.region_meaning), \
             _optional_code(label.region_modifier, label.region_modifier_meaning)
-    if label.modifier is not None:
+    if label.modifier is not None or label.category == _ANATOMICAL_STRUCTURE:
         return finding, _optional_code(label.modifier, label.modifier_meaning)
     return None, None
 
