@@ -20,7 +20,20 @@ every instance, and are changed here by subclassing, not by patching pynetdicom:
   :class:`ReceivingSocket` waits in ``select`` on the socket *and* on a wake-up pipe that the
   queue of outgoing primitives writes to, so the DUL sleeps until there is work and starts it at once.
 
-Everything else (state machine, negotiation, events, timeouts, TLS) is pynetdicom's own.
+It also holds the association against peers that break the protocol, which pynetdicom does not:
+
+- memory follows the bytes that arrived, never a length a peer declared: a PDU is read in steps
+  (:meth:`ReceivingSocket.recv`), and one longer than radnode announced (P-DATA-TF: the maximum
+  PDU length of the A-ASSOCIATE-AC; any other: :data:`MAXIMUM_CONTROL_PDU_BYTES`) aborts the
+  association before its body is read (:class:`BoundedDUL`);
+- every read and write has the network timeout (pynetdicom's accepted sockets have none, so a
+  peer that stopped inside a PDU held its thread forever), and a TLS handshake runs on the
+  connection's own thread with that timeout, never on the thread that accepts connections, at
+  most :data:`HANDSHAKES_PER_ASSOCIATION` × ``maximum_associations`` at once;
+- after an abort, what the peer still sends is discarded unread until it closes or the ARTIM
+  timer closes the connection, instead of being parsed (and logged) as PDU after PDU.
+
+Everything else (state machine, negotiation, events, timers, TLS) is pynetdicom's own.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ import logging
 import os
 import queue
 import select
+import socket
 import ssl
 import threading
 import weakref
@@ -40,6 +54,7 @@ from pynetdicom import AE, _handlers, evt
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from node.bounded_dul import BoundedDUL
 from node.store_path import StoreHandler, StoringDUL
 
 __all__ = ["ReceivingAssociation", "ReceivingSocket", "start_receiving_server"]
@@ -54,6 +69,11 @@ REACTOR_CHECK_SECONDS = 0.001
 # message for it and each release or abort indication; with C-STORE requests served on the DUL
 # thread it has nothing else to do, and waking every millisecond took the GIL from the DUL.
 ASSOCIATION_CHECK_SECONDS = 0.05
+# TLS handshakes under way at once, per association the listener admits: a flood of connections
+# that never finish theirs costs a bounded number of threads (each ends at the network timeout).
+HANDSHAKES_PER_ASSOCIATION = 2
+# A PDU is read into memory at most this much ahead of the bytes that arrived.
+RECV_STEP_BYTES = 256 * 1024
 
 
 class ReceivingSocket(AssociationSocket):
@@ -115,13 +135,20 @@ class ReceivingSocket(AssociationSocket):
         return nr_read
 
     def recv(self, nr_bytes: int) -> bytearray:
-        """Read ``nr_bytes`` (fewer only if the peer closed the connection), as pynetdicom's."""
-        buffer = bytearray(nr_bytes)
-        with memoryview(buffer) as view:
-            nr_read = self.read_into(view)
-        if nr_read < nr_bytes:
-            del buffer[nr_read:]
-        return buffer
+        """Read ``nr_bytes`` (fewer only if the peer closed the connection), as pynetdicom's.
+
+        The buffer grows with what arrived (doubling, from :data:`RECV_STEP_BYTES`), so a peer
+        that declares 4 GiB and sends 10 bytes costs 256 KiB, not 4 GiB.
+        """
+        buffer = bytearray(min(nr_bytes, RECV_STEP_BYTES))
+        filled = 0
+        while True:
+            with memoryview(buffer) as view:
+                filled += self.read_into(view[filled:])
+            if filled < len(buffer) or filled == nr_bytes:
+                del buffer[filled:]
+                return buffer
+            buffer.extend(bytes(min(nr_bytes, 2 * len(buffer)) - len(buffer)))
 
 
 def _close_pipe(*fds: int) -> None:
@@ -210,9 +237,17 @@ _MESSAGE_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_DIMSE_RECV,
 
 
 class _ReceivingServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, holding the handler that the C-STORE path calls."""
+    """pynetdicom's threaded server, holding the handler that the C-STORE path calls; TLS is set
+    up on each connection's own thread (:meth:`_ReceivingRequestHandler.handle`)."""
 
     store: StoreHandler | None = None
+    handshakes = threading.BoundedSemaphore(1)  # set per server by start_receiving_server
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = cast(socket.socket, self.socket).accept()
+        if self.ssl_context:  # the handshake waits for the peer: not here, on the accepting thread
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
 
 
 class _ReceivingRequestHandler(RequestHandler):
@@ -221,6 +256,33 @@ class _ReceivingRequestHandler(RequestHandler):
     pynetdicom constructs them inline; the subclasses only override methods, so the objects it
     built are given their class before the association thread starts.
     """
+
+    def handle(self) -> None:
+        """Give the connection the network timeout, shake hands (TLS), then associate."""
+        connection = cast(socket.socket, self.request)
+        connection.settimeout(self.ae.network_timeout)
+        if isinstance(connection, ssl.SSLSocket) and not self._shake_hands(connection):
+            with contextlib.suppress(OSError):
+                connection.close()
+            return
+        super().handle()
+
+    def _shake_hands(self, connection: ssl.SSLSocket) -> bool:
+        """The TLS handshake, at most :data:`HANDSHAKES_PER_ASSOCIATION` × max_associations at a time."""
+        handshakes = cast(_ReceivingServer, self.server).handshakes
+        if not handshakes.acquire(blocking=False):
+            LOGGER.warning("TLS handshake refused address=%s reason=too many connections shaking hands",
+                           self.client_address[0])
+            return False
+        try:
+            connection.do_handshake()
+            return True
+        except (OSError, ValueError) as exc:  # ssl.SSLError and TimeoutError are OSErrors
+            LOGGER.warning("TLS handshake failed address=%s reason=%s", self.client_address[0],
+                           "no answer within the network timeout" if isinstance(exc, TimeoutError) else exc)
+            return False
+        finally:
+            handshakes.release()
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
@@ -232,6 +294,7 @@ class _ReceivingRequestHandler(RequestHandler):
         # release and abort indications wake the reactor (an empty message: it looks at the DUL)
         assoc.dul.to_user_queue = _WakingQueue(lambda: assoc.dimse.msg_queue.put((None, None)))
         assoc.dul._run_loop_delay = 0  # the DUL waits in ReceivingSocket.ready instead
+        assoc.dul.__class__ = BoundedDUL
         store = cast(_ReceivingServer, self.server).store
         if store is not None and not _message_handlers_bound(assoc):
             assoc.dul.__class__ = StoringDUL
@@ -253,6 +316,7 @@ def start_receiving_server(
         address, server_class=_ReceivingServer, request_handler=_ReceivingRequestHandler, **kwargs
     ))
     server.store = store
+    server.handshakes = threading.BoundedSemaphore(HANDSHAKES_PER_ASSOCIATION * ae.maximum_associations)
     thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{address[1]}", daemon=True)
     thread.start()
     ae._servers.append(server)  # what start_server does: server.shutdown() removes it again

@@ -34,9 +34,11 @@ __all__ = ["Catalog", "record_instance"]
 
 _UPSERT_ATTEMPTS = 3  # concurrent first instances of one series race on the unique keys
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
-_INSTANCE_KEYS = ("series_id", "sop_instance_uid", "sop_class_uid", "path")
+_INSTANCE_KEYS = ("sop_instance_uid",)
+# a re-sent instance is the newest one, whole: under a corrected study or series it moves there
 _INSTANCE_CHANGES = (
-    "transfer_syntax_uid", "size_bytes", "received_at", "calling_ae_title", "calling_address"
+    "series_id", "sop_class_uid", "path", "transfer_syntax_uid", "size_bytes", "received_at",
+    "calling_ae_title", "calling_address",
 )
 
 
@@ -78,6 +80,7 @@ class Catalog:
             index_elements=[Series.series_instance_uid]
         )
         self._series_id_of = select(Series.id).where(Series.series_instance_uid == bindparam("uid"))
+        self._path_of = select(Instance.path).where(Instance.sop_instance_uid == bindparam("uid"))
 
     def record(
         self,
@@ -89,19 +92,23 @@ class Catalog:
         calling_ae_title: str,
         calling_address: str = "",
         called_ae_title: str = "",
-    ) -> None:
+    ) -> Path | None:
         """Record a stored instance; a re-sent instance updates its row and reopens its series.
 
         ``calling_ae_title`` and ``calling_address`` (the sender's IP) are the audit trail;
         ``called_ae_title`` is what routes match on. A series that had completed goes back to
-        RECEIVING, so completion fires again and the late-arrival policy applies.
+        RECEIVING, so completion fires again and the late-arrival policy applies. An instance
+        re-sent under another study or series moves there (row and file): the file it had before
+        is returned, for the caller to remove once the new one is durable; else None.
         """
         association = {"calling_ae_title": calling_ae_title, "calling_address": calling_address}
-        for attempt in range(_UPSERT_ATTEMPTS):
+        attempts = 0
+        while True:
             try:
                 with self.db.engine.connect() as connection, self._durability(connection), connection.begin():
                     now = utcnow()
                     series_id = self._series_id(connection, header, now, called_ae_title, association)
+                    previous = connection.scalar(self._path_of, {"uid": header.sop_instance_uid})
                     connection.execute(self._touch_series, {"series_id": series_id, "now": now})
                     connection.execute(
                         self._upsert_instance,
@@ -118,11 +125,12 @@ class Catalog:
                     )
                 with self._lock:
                     self._series_ids[header.series_instance_uid] = series_id
-                return
+                return Path(previous) if previous is not None and previous != str(path) else None
             except IntegrityError:
                 with self._lock:  # a cached id whose row is gone, or a lost race: look again
                     self._series_ids.pop(header.series_instance_uid, None)
-                if attempt == _UPSERT_ATTEMPTS - 1:
+                attempts += 1
+                if attempts == _UPSERT_ATTEMPTS:
                     raise
 
     @contextmanager
@@ -194,6 +202,6 @@ def _file_size(path: str) -> int | None:
         return None
 
 
-def record_instance(db: Database, header: InstanceHeader, **kwargs: object) -> None:
+def record_instance(db: Database, header: InstanceHeader, **kwargs: object) -> Path | None:
     """Record one instance without a long-lived :class:`Catalog` (tools and tests)."""
-    Catalog(db).record(header, **kwargs)  # type: ignore[arg-type]
+    return Catalog(db).record(header, **kwargs)  # type: ignore[arg-type]

@@ -148,6 +148,8 @@ class NodeConfig(_Section):
     tls: ListenerTLS | None = None
     # private and unknown SOP classes are taken as storage and stored as-is (false: refuse them)
     accept_unknown_sop_classes: bool = True
+    # a Deflated transfer syntax data set that inflates past this is refused (a "zip bomb")
+    max_inflated_mb: int = Field(default=1024, ge=1)
 
     _ae = field_validator("ae_title")(_check_ae_title)
 

@@ -7,18 +7,30 @@ This module walks the element headers of a little endian data set (explicit or i
 every compressed transfer syntax included), skips values by their length, and stops after
 (0020,0011). It never guesses: anything it does not recognise (deflated or big endian data,
 an unknown VR, a length past the end, elements out of order) makes :func:`scan_identifiers`
-return ``None`` and the caller reads the instance with pydicom as before.
+return ``None`` and the caller reads the instance with pydicom as before. A deflated data set
+is inflated here as a stream (:func:`inflated_head`), never whole, as pydicom would.
 """
 
 from __future__ import annotations
 
 import functools
 import struct
+import zlib
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.uid import UID, ImplicitVRLittleEndian
 
-__all__ = ["IDENTIFYING_KEYWORDS", "scan_identifiers"]
+__all__ = [
+    "IDENTIFYING_KEYWORDS", "InflatesPastCeiling", "inflated_head", "scan_data_set", "scan_identifiers",
+]
+
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+_INFLATED_HEAD_BYTES = 1 << 20  # groups 0008 and 0020 come first: far less than this
+_INFLATE_STEP_BYTES = 1 << 20
+
+
+class InflatesPastCeiling(Exception):
+    """A deflated data set inflates to more bytes than the ceiling given."""
 
 # What the receive path reads of each instance; the four UIDs first (all four are required).
 IDENTIFYING_KEYWORDS = (
@@ -68,6 +80,37 @@ def scan_identifiers(part10: bytes | bytearray) -> dict[str, str] | None:
         return _read_identifiers(part10, position, implicit)
     except (_Unsure, struct.error, ValueError):  # ValueError: a transfer syntax pydicom does not know
         return None
+
+
+def scan_data_set(data_set: bytes | bytearray, implicit: bool = False) -> dict[str, str] | None:
+    """The identifying attributes of a little endian data set without a file meta (``None``: unsure)."""
+    try:
+        return _read_identifiers(data_set, 0, implicit)
+    except (_Unsure, struct.error, ValueError):
+        return None
+
+
+def inflated_head(part10: bytes | bytearray, ceiling: int) -> bytes | None:
+    """The start of a Deflated Explicit VR Little Endian instance's data set, inflated (``None``
+    for any other transfer syntax). The whole data set is inflated as a stream, in steps, and
+    counted against ``ceiling`` without being kept: a few KiB that inflate to gigabytes cost one
+    step of memory. Raises InflatesPastCeiling beyond it, zlib.error when it is not deflate data.
+    """
+    try:
+        syntax, position = _read_meta(part10, _PREAMBLE + 4)
+    except (_Unsure, struct.error):
+        return None
+    if syntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        return None
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate (PS3.5 A.5)
+    head = inflater.decompress(memoryview(part10)[position:], _INFLATED_HEAD_BYTES)
+    total = len(head)
+    while inflater.unconsumed_tail and total <= ceiling:
+        total += len(inflater.decompress(inflater.unconsumed_tail, _INFLATE_STEP_BYTES))
+    total += len(inflater.flush(_INFLATE_STEP_BYTES)) if total <= ceiling else 0
+    if total > ceiling:
+        raise InflatesPastCeiling(f"the deflated data set inflates to more than {ceiling} bytes")
+    return head
 
 
 @functools.cache  # a handful of transfer syntaxes; pydicom's UID checks cost more than the scan

@@ -17,6 +17,7 @@ class StoreStatus(IntEnum):
     # pynetdicom's refinements of "cannot understand" (0xC000-0xCFFF)
     CANNOT_DECODE = 0xC210
     PROCESSING_FAILURE = 0x0110
+    SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.4.2: refused, SOP Class not supported
 
     @classmethod
     def is_success(cls, status: int) -> bool:

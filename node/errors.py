@@ -70,6 +70,16 @@ class InvalidInstance(StorageError):
         super().__init__(message)
 
 
+class WrongPresentationContext(StorageError):
+    """A C-STORE request's SOP Class is not the abstract syntax of the presentation context it
+    came on (PS3.7 9.1.1.1): the peer negotiated one class and sent another."""
+
+
+class DataSetTooLarge(StorageError):
+    """A data set is larger than the listener takes (a deflated one inflates past
+    ``node.max_inflated_mb``)."""
+
+
 class OutOfSpace(StorageError):
     """Storing would take the spool below its configured free-space floor."""
 

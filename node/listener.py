@@ -30,7 +30,7 @@ from node.catalog import Catalog
 from node.config import NodeConfig
 from node.db import Database
 from node.dimse import StoreStatus
-from node.errors import InvalidInstance, OutOfSpace, StorageError
+from node.errors import DataSetTooLarge, InvalidInstance, OutOfSpace, StorageError, WrongPresentationContext
 from node.metrics import ASSOCIATIONS_REJECTED, INSTANCES_RECEIVED, INSTANCES_REFUSED, RECEIVED_BYTES
 from node.part10 import PREAMBLE, file_meta
 from node.store import IncomingFile, Spool, read_incoming_header, validate_uid
@@ -168,6 +168,7 @@ class Listener:
             sop_class_uid=str(request.AffectedSOPClassUID or ""),
             sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
             transfer_syntax_uid=str(event.context.transfer_syntax),
+            context_abstract_syntax=str(event.context.abstract_syntax),
             calling_ae_title=event.assoc.requestor.ae_title,
             calling_address=event.assoc.requestor.address,
             called_ae_title=str(event.assoc.requestor.primitive.called_ae_title).strip(),
@@ -196,18 +197,18 @@ class Listener:
         sop_uid = request.sop_instance_uid
         try:
             try:
-                header = read_incoming_header(incoming)
+                header = read_incoming_header(incoming, self.config.max_inflated_mb << 20)
                 if header.sop_instance_uid != sop_uid:
                     raise InvalidInstance(
                         f"SOPInstanceUID {header.sop_instance_uid} differs from the request's "
                         f"AffectedSOPInstanceUID {sop_uid}"
                     )
-            except InvalidInstance:
+            except StorageError:  # not stored: InvalidInstance, DataSetTooLarge
                 incoming.discard()
                 raise
             self.tracker.saw(request.association_id, header.series_instance_uid)
             path = self.spool.commit(incoming, header, sync=False)
-            self.catalog.record(
+            superseded = self.catalog.record(
                 header,
                 path=path,
                 size_bytes=incoming.size,
@@ -219,6 +220,13 @@ class Listener:
             self.spool.sync()  # the file and (usually) its row reach the disk: only then Success
         except (InvalidInstance, StorageError, SQLAlchemyError) as exc:
             return self.refuse(request, exc)
+        if superseded is not None:  # re-sent under another study or series: it lives there now
+            log.warning("instance moved calling_ae=%s sop=%s series=%s (re-sent under another study "
+                        "or series)", request.calling_ae_title, sop_uid, header.series_instance_uid)
+            try:
+                self.spool.remove_superseded(superseded)
+            except StorageError as exc:  # stored all the same; the old file is only space
+                log.error("cannot remove the superseded file of sop=%s: %s", sop_uid, exc)
         log.debug("instance stored calling_ae=%s sop=%s", request.calling_ae_title, sop_uid)
         INSTANCES_RECEIVED.labels(request.calling_ae_title).inc()
         RECEIVED_BYTES.inc(incoming.size)
@@ -230,6 +238,13 @@ class Listener:
         if isinstance(exc, OutOfSpace):
             log.error("instance refused calling_ae=%s sop=%s reason=%s", calling, sop_uid, exc)
             return _refused(StoreStatus.OUT_OF_RESOURCES, "Out of resources: spool free-space floor")
+        if isinstance(exc, DataSetTooLarge):
+            log.warning("instance refused calling_ae=%s sop=%s reason=%s", calling, sop_uid, exc)
+            return _refused(StoreStatus.OUT_OF_RESOURCES,
+                            "Out of resources: inflates past node.max_inflated_mb")
+        if isinstance(exc, WrongPresentationContext):
+            log.warning("instance refused calling_ae=%s sop=%s reason=%s", calling, sop_uid, exc)
+            return _refused(StoreStatus.SOP_CLASS_NOT_SUPPORTED, "SOP Class differs from its context's")
         if isinstance(exc, InvalidInstance):
             log.warning("instance refused calling_ae=%s sop=%s reason=%s", calling, sop_uid, exc)
             undecodable = exc.undecodable
@@ -255,6 +270,11 @@ class _IncomingInstance:
         try:
             validate_uid(request.sop_class_uid, "AffectedSOPClassUID")  # both go into the file's meta
             validate_uid(request.sop_instance_uid, "AffectedSOPInstanceUID")
+            if request.sop_class_uid != request.context_abstract_syntax:
+                raise WrongPresentationContext(
+                    f"AffectedSOPClassUID {request.sop_class_uid} came on a presentation context "
+                    f"negotiated for {request.context_abstract_syntax}"
+                )
             self._file = listener.spool.incoming()
             self._file.write(PREAMBLE + file_meta(
                 request.sop_class_uid, request.sop_instance_uid, request.transfer_syntax_uid

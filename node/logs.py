@@ -20,18 +20,34 @@ from pynetdicom import _config as pynetdicom_config
 
 from node.config import LoggingConfig
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "escaped"]
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+# control characters a peer can put in a value that is logged (a UID, an AE title): a newline
+# would start a forged log line
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FIELD = re.compile(r"(?<![\w.])([a-z_]+)=(\S+)")
 _RESERVED = frozenset({"ts", "level", "logger", "message", "exception", "process"})
+
+
+def escaped(text: str) -> str:
+    """``text`` with each control character written as ``\\xNN``: one event stays one line."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+class TextFormatter(logging.Formatter):
+    """The plain format, one line per event whatever the logged values hold (tracebacks aside)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escaped(record.message)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per event; ``key=value`` pairs in the message become fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        message = escaped(record.getMessage())
         event: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
@@ -50,7 +66,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(config: LoggingConfig) -> None:
     """Send radnode's logs to stderr at the configured level (journald picks them up)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if config.format == "json" else logging.Formatter(_FORMAT))
+    handler.setFormatter(JsonFormatter() if config.format == "json" else TextFormatter(_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.level)

@@ -24,6 +24,7 @@ import re
 import shutil
 import struct
 import threading
+import zlib
 from io import BytesIO
 from pathlib import Path
 from typing import NamedTuple
@@ -32,8 +33,14 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
-from node.dicom_header import IDENTIFYING_KEYWORDS, scan_identifiers
-from node.errors import InvalidInstance, OutOfSpace, StorageError
+from node.dicom_header import (
+    IDENTIFYING_KEYWORDS,
+    InflatesPastCeiling,
+    inflated_head,
+    scan_data_set,
+    scan_identifiers,
+)
+from node.errors import DataSetTooLarge, InvalidInstance, OutOfSpace, StorageError
 
 __all__ = [
     "FileSystemSync", "IncomingFile", "InstanceHeader", "Spool", "read_header", "read_incoming_header",
@@ -96,11 +103,31 @@ def read_header(part10: bytes | bytearray) -> InstanceHeader:
     return _header(scanned if scanned is not None else _read_with_pydicom(part10))
 
 
-def read_incoming_header(incoming: IncomingFile) -> InstanceHeader:
+def read_incoming_header(incoming: IncomingFile, max_inflated_bytes: int) -> InstanceHeader:
     """:func:`read_header` of a file being received: from its first bytes when the fast scan
-    finds the attributes there (nearly always), else from the whole file, read back."""
+    finds the attributes there (nearly always), else from the whole file, read back. A deflated
+    data set is inflated as a stream, never whole (pydicom would), within ``max_inflated_bytes``.
+    """
     scanned = scan_identifiers(incoming.head)
-    return _header(scanned) if scanned is not None else read_header(incoming.read_back())
+    if scanned is not None:
+        return _header(scanned)
+    part10 = incoming.read_back()
+    try:
+        head = inflated_head(part10, max_inflated_bytes)
+    except InflatesPastCeiling as exc:
+        raise DataSetTooLarge(
+            f"the deflated data set inflates to more than {max_inflated_bytes >> 20} MiB "
+            "(node.max_inflated_mb)") from exc
+    except zlib.error as exc:
+        raise InvalidInstance(f"cannot decode the dataset: not deflate data: {exc}",
+                              undecodable=True) from exc
+    if head is None:
+        return read_header(part10)
+    found = scan_data_set(head)
+    if found is None:
+        raise InvalidInstance("cannot decode the deflated dataset's identifying attributes",
+                              undecodable=True)
+    return _header(found)
 
 
 def _header(found: dict[str, str] | dict[str, str | None]) -> InstanceHeader:
@@ -117,9 +144,17 @@ def _header(found: dict[str, str] | dict[str, str | None]) -> InstanceHeader:
         study_instance_uid=validate_uid(values["StudyInstanceUID"], "StudyInstanceUID"),
         series_instance_uid=validate_uid(values["SeriesInstanceUID"], "SeriesInstanceUID"),
         modality=values["Modality"] or "",
-        series_number=int(series_number) if series_number and series_number.lstrip("+-").isdigit() else None,
+        series_number=_integer_string(series_number),
         series_description=values["SeriesDescription"] or "",
     )
+
+
+def _integer_string(text: str | None) -> int | None:
+    """An IS value as the database keeps it (32-bit); None for anything else, as for no value."""
+    if not text or not text.lstrip("+-").isdigit() or len(text) > 12:  # IS: 12 characters at most
+        return None
+    number = int(text)
+    return number if -(2**31) <= number < 2**31 else None
 
 
 def _read_with_pydicom(part10: bytes) -> dict[str, str | None]:
@@ -310,6 +345,14 @@ class Spool:
             incoming.discard()
             raise
         return self.commit(incoming, header, sync=sync)
+
+    def remove_superseded(self, path: Path) -> None:
+        """Remove the file an instance had before it was re-sent under another study or series
+        (its row points at the new one, which is durable); a file already gone is fine."""
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _storage_error(exc, path) from exc
 
     def remove_incomplete(self) -> int:
         """Remove what a crash left in ``.incoming`` (no sender had Success for it); return the count."""

@@ -20,15 +20,17 @@ message, is pynetdicom's.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 
+from node.bounded_dul import BoundedDUL
 from node.errors import InvalidInstance
 from node.pdata import (
     COMMAND,
@@ -61,6 +63,7 @@ class StoreRequestInfo:
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
+    context_abstract_syntax: str  # of the presentation context the request came on
     calling_ae_title: str
     calling_address: str
     called_ae_title: str
@@ -101,13 +104,13 @@ class StoreMessages:
     """Follows the DIMSE messages of one association's P-DATA and receives those served here.
 
     ``begin`` opens the instance of a C-STORE request served here, given its command and its
-    presentation context's transfer syntax.
+    presentation context's (abstract syntax, transfer syntax).
     """
 
     def __init__(
-        self, transfer_syntaxes: dict[int, str], begin: Callable[[Command, str], Incoming]
+        self, contexts: dict[int, tuple[str, str]], begin: Callable[[Command, tuple[str, str]], Incoming]
     ) -> None:
-        self._transfer_syntaxes = transfer_syntaxes  # accepted presentation context ID → its syntax
+        self._contexts = contexts  # accepted presentation context ID → (abstract, transfer syntax)
         self._begin = begin
         self._request: StoreRequest | None = None  # a C-STORE request received here
         self._foreign_command: bytearray | None = None  # pynetdicom's message, its command so far
@@ -159,7 +162,7 @@ class StoreMessages:
 
     def _own(self, item: PresentationDataValue, complete: list[StoreRequest]) -> bool:
         if self._request is None:
-            if item.control != COMMAND | LAST or item.context_id not in self._transfer_syntaxes:
+            if item.control != COMMAND | LAST or item.context_id not in self._contexts:
                 return False
             try:
                 command = read_command(item.value)
@@ -167,7 +170,7 @@ class StoreMessages:
                 return False
             if not command.is_store_request:
                 return False
-            incoming = self._begin(command, self._transfer_syntaxes[item.context_id])
+            incoming = self._begin(command, self._contexts[item.context_id])
             self._request = StoreRequest(item.context_id, command, incoming)
             return True
         request = self.data_fragment(item.context_id, item.control)
@@ -191,7 +194,7 @@ class StoreMessages:
             self._foreign_command, self._foreign_data = None, False
 
 
-class StoringDUL(DULServiceProvider):
+class StoringDUL(BoundedDUL):
     """pynetdicom's DUL, serving C-STORE requests itself while the association is established.
 
     Its loop is pynetdicom's without the ``time.sleep(0)`` before each look at the socket: the
@@ -233,15 +236,24 @@ class StoringDUL(DULServiceProvider):
                 event = self.event_queue.get(block=False)
             except queue.Empty:
                 continue
-            self.state_machine.do_action(event)
+            try:  # pynetdicom's loop lets this end the thread: a PDU it decoded but cannot act on
+                self.state_machine.do_action(event)  # (an A-ABORT with an invalid source) did
+            except Exception:
+                self._abort_on_error()
+                return
 
     def _abort_on_error(self) -> None:
-        """What pynetdicom's loop does on an unexpected error: A-ABORT, past the state machine."""
-        LOGGER.exception("Exception in DUL.run(), aborting association")
+        """What pynetdicom's loop does on an unexpected error: A-ABORT, past the state machine;
+        one log line (the traceback at debug level: a hostile peer must not flood the log)."""
+        error = sys.exc_info()[1]
+        LOGGER.error("Association aborted address=%s reason=%s: %s", self.assoc.requestor.address,
+                     type(error).__name__, error)
+        LOGGER.debug("the error that aborted the association", exc_info=True)
         abort = A_ABORT_RQ()
         abort.source = 0x02
         abort.reason_diagnostic = 0x00
-        self.socket.send(abort.encode())  # type: ignore[union-attr]
+        with contextlib.suppress(OSError):  # the peer may be gone already
+            self.socket.send(abort.encode())  # type: ignore[union-attr]
         self.assoc.is_aborted = True
         self.assoc.is_established = False
         self.assoc._kill = True
@@ -255,8 +267,11 @@ class StoringDUL(DULServiceProvider):
             return
         messages = self._messages_of_association()
         sock: Any = self.socket
-        header = sock.recv(6)
-        if len(header) == 6 and header[0] == P_DATA_TF:
+        header = self._read_pdu_header()  # within the limits (node/bounded_dul.py), else None
+        if header is None:
+            messages.abandon()
+            return
+        if header[0] == P_DATA_TF:
             length = int.from_bytes(header[2:6], "big")
             if messages.receiving:
                 remaining = self._stream(messages, length)
@@ -264,22 +279,23 @@ class StoringDUL(DULServiceProvider):
                     return
                 header = bytearray(PDU_HEADER.pack(P_DATA_TF, 0, remaining))  # what follows a last fragment
                 length = remaining
-            body = sock.recv(length)
-            if len(body) == length:
-                try:
-                    requests, rest = messages.take(body)
-                except ValueError:
-                    requests, rest = [], bytes(header + body)
-                except ProtocolError as exc:
-                    self._abort(exc)
-                    return
-                for request in requests:
-                    self._respond(request)
-                if rest is None:
-                    return
-                header, body = bytearray(rest), b""
-            header += body  # a short PDU: pynetdicom reports the connection closed
-        elif len(header) == 6:
+            body = self._read_exactly(length)
+            if body is None:
+                messages.abandon()
+                return
+            try:
+                requests, rest = messages.take(body)
+            except ValueError:
+                requests, rest = [], bytes(header + body)
+            except ProtocolError as exc:
+                self._abort(exc)
+                return
+            for request in requests:
+                self._respond(request)
+            if rest is None:
+                return
+            header = bytearray(rest)
+        else:
             messages.abandon()  # A-ABORT or A-RELEASE-RQ in the middle of a data set
         sock.push_back(header)
         super()._read_pdu_data()
@@ -309,12 +325,15 @@ class StoringDUL(DULServiceProvider):
                         raise EOFError
                     request.incoming.write(chunk)
                     fragment -= len(chunk)
-            except (EOFError, OSError) as exc:
-                LOGGER.error("Connection closed before the entire PDU was received%s",
-                             f": {exc}" if isinstance(exc, OSError) else "")
+            except EOFError:
                 messages.abandon()
-                self.event_queue.put("Evt17")  # transport connection closed
-                return None
+                return self._transport_lost("the peer closed the connection inside a data set")
+            except TimeoutError:
+                messages.abandon()
+                return self._transport_lost("no data within the network timeout, inside a data set")
+            except OSError as exc:
+                messages.abandon()
+                return self._transport_lost(f"connection error: {exc}")
             except ProtocolError as exc:
                 self._abort(exc)
                 return None
@@ -325,23 +344,25 @@ class StoringDUL(DULServiceProvider):
         return 0
 
     def _abort(self, exc: ProtocolError) -> None:
-        LOGGER.error("Aborting the association: %s", exc)
         self._messages_of_association().abandon()
-        self.event_queue.put("Evt19")  # invalid PDU: pynetdicom sends A-P-ABORT
+        self._protocol_error(str(exc))
 
     def _messages_of_association(self) -> StoreMessages:
         if self._messages is None:
-            syntaxes = {cx.context_id: str(cx.transfer_syntax[0]) for cx in self.assoc.accepted_contexts
+            contexts = {cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                        for cx in self.assoc.accepted_contexts
                         if cx.context_id is not None and cx.transfer_syntax}
-            self._messages = StoreMessages(syntaxes, self._begin)
+            self._messages = StoreMessages(contexts, self._begin)
         return self._messages
 
-    def _begin(self, command: Command, transfer_syntax_uid: str) -> Incoming:
+    def _begin(self, command: Command, context: tuple[str, str]) -> Incoming:
         requestor = self.assoc.requestor
+        abstract_syntax, transfer_syntax_uid = context
         return self._store(StoreRequestInfo(
             sop_class_uid=str(command.sop_class_uid),
             sop_instance_uid=str(command.sop_instance_uid),
             transfer_syntax_uid=transfer_syntax_uid,
+            context_abstract_syntax=abstract_syntax,
             calling_ae_title=requestor.ae_title,
             calling_address=requestor.address,
             called_ae_title=str(requestor.primitive.called_ae_title).strip(),  # type: ignore[union-attr]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pydicom
 
-from node.logs import JsonFormatter
+from node.logs import JsonFormatter, TextFormatter
 from tests.dcmtk import storescu
 from tests.node_process import RadnodeProcess
 from tests.orthanc import wait_for
@@ -52,3 +52,14 @@ def test_listener_logs_one_json_event_per_line_without_patient_data(
     text = node.log_path.read_text()
     for phi in {str(header.PatientName), str(header.PatientID)} - {""}:
         assert phi not in text
+
+
+def test_a_value_with_a_newline_stays_on_its_event_s_line_in_both_formats() -> None:
+    # a peer chooses the UIDs and AE titles that are logged: a newline must not forge a line
+    record = logging.LogRecord("radnode.listener", logging.WARNING, __file__, 1,
+                               "instance refused calling_ae=%s sop=%s",
+                               ("EVIL", "1.2\nFAKE ERROR x=1\r"), None)
+    text = TextFormatter("%(levelname)s %(message)s").format(record)
+    assert text == "WARNING instance refused calling_ae=EVIL sop=1.2\\x0aFAKE ERROR x=1\\x0d"
+    event = JsonFormatter().format(record)
+    assert "\n" not in event and json.loads(event)["sop"] == "1.2\\x0aFAKE"

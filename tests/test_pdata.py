@@ -28,6 +28,8 @@ from tests.dimse_bytes import store_request_command
 
 _CONTEXT = 1
 _SYNTAX = "1.2.840.10008.1.2.1"
+_CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+_CONTEXTS = {_CONTEXT: (_CT_IMAGE, _SYNTAX)}
 _SOP = "1.2.826.0.1.3680043.8.498.1"
 
 
@@ -51,8 +53,8 @@ def _body(pdu: bytes) -> bytes:
 class _Received:
     """What the listener's Incoming is to StoreMessages: the data set, as written."""
 
-    def __init__(self, command: Command, transfer_syntax: str) -> None:
-        self.command, self.transfer_syntax = command, transfer_syntax
+    def __init__(self, command: Command, context: tuple[str, str]) -> None:
+        self.command, (self.abstract_syntax, self.transfer_syntax) = command, context
         self.data = bytearray()
         self.discarded = False
 
@@ -67,7 +69,7 @@ class _Received:
 
 
 def _messages() -> StoreMessages:
-    return StoreMessages({_CONTEXT: _SYNTAX}, _Received)
+    return StoreMessages(_CONTEXTS, _Received)
 
 
 @pytest.mark.parametrize(
@@ -166,11 +168,11 @@ def test_store_on_a_context_that_was_not_accepted_is_left_to_pynetdicom() -> Non
 def test_data_set_interrupted_by_another_command_is_a_protocol_error_and_its_file_dropped() -> None:
     received: list[_Received] = []
 
-    def begin(command: Command, syntax: str) -> _Received:
-        received.append(_Received(command, syntax))
+    def begin(command: Command, context: tuple[str, str]) -> _Received:
+        received.append(_Received(command, context))
         return received[-1]
 
-    messages = StoreMessages({_CONTEXT: _SYNTAX}, begin)
+    messages = StoreMessages(_CONTEXTS, begin)
     messages.take(_body(p_data_tf([(_CONTEXT, COMMAND | LAST, _store_command()), (_CONTEXT, 0, b"\0\0")])))
     assert messages.receiving
     with pytest.raises(ProtocolError, match="interrupted by a command fragment on presentation context 1"):

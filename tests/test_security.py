@@ -7,7 +7,9 @@ Real listeners on free loopback ports; the peers are pynetdicom and DCMTK (``ech
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -185,6 +187,43 @@ def test_tls_listener_stores_from_dcmtk_over_tls_and_refuses_plain_tcp(
         assert echoscu("127.0.0.1", node.port, AE_TITLE, timeout=30).returncode != 0  # plain TCP
     expected = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in files}
     assert node.stored_uids() == expected
+
+
+@pytest.mark.parametrize("idle", ["tcp-connection", "half-a-client-hello"])
+def test_a_connection_that_never_finishes_its_tls_handshake_holds_up_no_one(
+    tmp_path: Path, pki: _PKI, chest_ct_dir: Path, idle: str
+) -> None:
+    # the handshake runs on the connection's own thread: the accepting one goes on accepting;
+    # and it has the network timeout, after which the node drops the idle connection
+    files = sorted(chest_ct_dir.glob("*.dcm"))[:1]
+    tls = {"certificate": pki.server_cert, "private_key": pki.server_key}
+    with InProcessNode(tmp_path, tls=tls, network_timeout_seconds=3) as node, \
+            socket.create_connection(("127.0.0.1", node.port), timeout=20) as stalled:
+        if idle == "half-a-client-hello":
+            stalled.sendall(bytes([0x16, 0x03, 0x01, 0x02, 0x00]) + b"\x01\x00")  # a record "of 512 bytes"
+        sent = storescu("127.0.0.1", node.port, AE_TITLE, files, timeout=20,
+                        extra_args=_tls_args(pki.client_key, pki.client_cert, pki.ca_cert))
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        start = time.monotonic()
+        stalled.settimeout(20)
+        assert stalled.recv(1) == b"", "the node sent something to a peer that never said hello"
+        assert time.monotonic() - start < 15, "the idle connection was not dropped after the timeout"
+    assert node.stored_uids() == {pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID}
+
+
+def test_tls_handshakes_beyond_twice_the_association_limit_are_refused_at_once(
+    tmp_path: Path, pki: _PKI
+) -> None:
+    tls = {"certificate": pki.server_cert, "private_key": pki.server_key}
+    with InProcessNode(tmp_path, tls=tls, network_timeout_seconds=30, max_associations=1) as node:
+        stalled = [socket.create_connection(("127.0.0.1", node.port), timeout=5) for _ in range(2)]
+        try:
+            time.sleep(0.5)  # both are shaking hands (waiting for a ClientHello)
+            with socket.create_connection(("127.0.0.1", node.port), timeout=5) as extra:
+                assert extra.recv(1) == b"", "a third handshake was taken on"  # closed, long before 30 s
+        finally:
+            for connection in stalled:
+                connection.close()
 
 
 def test_tls_listener_that_requires_client_certificates_admits_only_the_ca_s_clients(
