@@ -23,7 +23,7 @@ from pynetdicom.dul import DULServiceProvider
 
 from node.pdata import P_DATA_TF, PDU_HEADER
 
-__all__ = ["MAXIMUM_CONTROL_PDU_BYTES", "UNLIMITED_PDU_BYTES", "BoundedDUL"]
+__all__ = ["MAXIMUM_CONTROL_PDU_BYTES", "UNLIMITED_PDU_BYTES", "BoundedDUL", "lost_reason"]
 
 LOGGER = logging.getLogger("pynetdicom.dul")
 
@@ -36,6 +36,15 @@ _PDU_TYPES = {0x01: "A-ASSOCIATE-RQ", 0x02: "A-ASSOCIATE-AC", 0x03: "A-ASSOCIATE
               0x05: "A-RELEASE-RQ", 0x06: "A-RELEASE-RP", 0x07: "A-ABORT"}
 _ABORTING = "Sta13"  # awaiting the transport connection's close (PS3.8 9.2)
 _DISCARD_BYTES = 64 * 1024
+
+
+def lost_reason(exc: OSError | EOFError, inside: str) -> str:
+    """Why a read ``inside`` a PDU or data set did not complete, for the one log line."""
+    if isinstance(exc, EOFError):
+        return f"the peer closed the connection inside {inside}"
+    if isinstance(exc, TimeoutError):
+        return f"no data within the network timeout, inside {inside}"
+    return f"connection error: {exc}"
 
 
 class BoundedDUL(DULServiceProvider):
@@ -82,12 +91,10 @@ class BoundedDUL(DULServiceProvider):
         sock: Any = self.socket
         try:
             data: bytearray = sock.recv(count)
-        except TimeoutError:
-            return self._transport_lost("no data within the network timeout, inside a PDU")
         except OSError as exc:
-            return self._transport_lost(f"connection error: {exc}")
+            return self._transport_lost(lost_reason(exc, "a PDU"))
         if len(data) < count:
-            return self._transport_lost("the peer closed the connection inside a PDU" if data else
+            return self._transport_lost(lost_reason(EOFError(), "a PDU") if data else
                                         "the peer closed the connection")
         return data
 

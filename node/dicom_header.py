@@ -107,7 +107,8 @@ def inflated_head(part10: bytes | bytearray, ceiling: int) -> bytes | None:
     total = len(head)
     while inflater.unconsumed_tail and total <= ceiling:
         total += len(inflater.decompress(inflater.unconsumed_tail, _INFLATE_STEP_BYTES))
-    total += len(inflater.flush(_INFLATE_STEP_BYTES)) if total <= ceiling else 0
+    if total <= ceiling:
+        total += len(inflater.flush())  # what the last step held back: at most the window
     if total > ceiling:
         raise InflatesPastCeiling(f"the deflated data set inflates to more than {ceiling} bytes")
     return head

@@ -73,6 +73,16 @@ class AssociationTracker:
             return set().union(*self._series_by_association.values())
 
 
+#: refusals whose status and comment depend only on the kind of error: (log level, status, comment)
+_FIXED_REFUSALS: dict[type[StorageError], tuple[int, StoreStatus, str]] = {
+    OutOfSpace: (logging.ERROR, StoreStatus.OUT_OF_RESOURCES, "Out of resources: spool free-space floor"),
+    DataSetTooLarge: (logging.WARNING, StoreStatus.OUT_OF_RESOURCES,
+                      "Out of resources: inflates past node.max_inflated_mb"),
+    WrongPresentationContext: (logging.WARNING, StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+                               "SOP Class differs from its context's"),
+}
+
+
 def _refused(code: StoreStatus, comment: str) -> tuple[int, str]:
     INSTANCES_REFUSED.labels(f"0x{int(code):04X}").inc()
     return int(code), comment[:_ERROR_COMMENT_MAX]
@@ -235,16 +245,11 @@ class Listener:
     def refuse(self, request: StoreRequestInfo, exc: Exception) -> tuple[int, str]:
         """The status, comment and log line of an instance that was not stored."""
         calling, sop_uid = request.calling_ae_title, request.sop_instance_uid
-        if isinstance(exc, OutOfSpace):
-            log.error("instance refused calling_ae=%s sop=%s reason=%s", calling, sop_uid, exc)
-            return _refused(StoreStatus.OUT_OF_RESOURCES, "Out of resources: spool free-space floor")
-        if isinstance(exc, DataSetTooLarge):
-            log.warning("instance refused calling_ae=%s sop=%s reason=%s", calling, sop_uid, exc)
-            return _refused(StoreStatus.OUT_OF_RESOURCES,
-                            "Out of resources: inflates past node.max_inflated_mb")
-        if isinstance(exc, WrongPresentationContext):
-            log.warning("instance refused calling_ae=%s sop=%s reason=%s", calling, sop_uid, exc)
-            return _refused(StoreStatus.SOP_CLASS_NOT_SUPPORTED, "SOP Class differs from its context's")
+        fixed = next((refusal for kind, refusal in _FIXED_REFUSALS.items() if isinstance(exc, kind)), None)
+        if fixed is not None:
+            level, code, comment = fixed
+            log.log(level, "instance refused calling_ae=%s sop=%s reason=%s", calling, sop_uid, exc)
+            return _refused(code, comment)
         if isinstance(exc, InvalidInstance):
             log.warning("instance refused calling_ae=%s sop=%s reason=%s", calling, sop_uid, exc)
             undecodable = exc.undecodable

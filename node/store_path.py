@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from pynetdicom.pdu import A_ABORT_RQ
 
-from node.bounded_dul import BoundedDUL
+from node.bounded_dul import BoundedDUL, lost_reason
 from node.errors import InvalidInstance
 from node.pdata import (
     COMMAND,
@@ -325,15 +325,9 @@ class StoringDUL(BoundedDUL):
                         raise EOFError
                     request.incoming.write(chunk)
                     fragment -= len(chunk)
-            except EOFError:
+            except (EOFError, OSError) as exc:
                 messages.abandon()
-                return self._transport_lost("the peer closed the connection inside a data set")
-            except TimeoutError:
-                messages.abandon()
-                return self._transport_lost("no data within the network timeout, inside a data set")
-            except OSError as exc:
-                messages.abandon()
-                return self._transport_lost(f"connection error: {exc}")
+                return self._transport_lost(lost_reason(exc, "a data set"))
             except ProtocolError as exc:
                 self._abort(exc)
                 return None

@@ -72,12 +72,17 @@ def _echo_seconds(port: int) -> float:
     return time.monotonic() - start
 
 
-def _ct_data_set(chest_ct_dir: Path) -> tuple[pydicom.Dataset, bytes]:
-    ds = pydicom.dcmread(sorted(chest_ct_dir.glob("*.dcm"))[0])
+def _explicit_le(ds: pydicom.Dataset) -> bytes:
+    """``ds`` as a data set on the wire: Explicit VR Little Endian, no file meta."""
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
     write_dataset(buffer, ds)
-    return ds, buffer.getvalue()
+    return buffer.getvalue()
+
+
+def _ct_data_set(chest_ct_dir: Path) -> tuple[pydicom.Dataset, bytes]:
+    ds = pydicom.dcmread(sorted(chest_ct_dir.glob("*.dcm"))[0])
+    return ds, _explicit_le(ds)
 
 
 def read_header_of(ds: pydicom.Dataset) -> InstanceHeader:
@@ -223,11 +228,8 @@ def test_a_deflated_data_set_is_inflated_as_a_stream_and_refused_past_the_ceilin
     identifiers = pydicom.Dataset()
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"):
         setattr(identifiers, keyword, getattr(ds, keyword))
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    write_dataset(buffer, identifiers)
-    bomb = _deflated(buffer.getvalue(), 64 << 20)  # 64 MiB of zeros: about 64 KiB on the wire
-    small = _deflated(buffer.getvalue(), 1 << 20)
+    bomb = _deflated(_explicit_le(identifiers), 64 << 20)  # 64 MiB of zeros: ~64 KiB on the wire
+    small = _deflated(_explicit_le(identifiers), 1 << 20)
     command = store_request_command(1, CTImageStorage, ds.SOPInstanceUID)
     with InProcessNode(tmp_path, max_inflated_mb=16) as node, RawPeer(node.port) as peer:
         assert peer.associate(AE_TITLE, [Context(1, CTImageStorage, (DEFLATED,))]) == {1}
@@ -248,10 +250,7 @@ def _with_raw_value(ds: pydicom.Dataset, tag: int, vr: str, value: bytes) -> byt
     changed = copy.deepcopy(ds)
     with pydicom.config.disable_value_validation():
         changed[tag] = pydicom.DataElement(tag, vr, placeholder)
-        buffer = DicomBytesIO()
-        buffer.is_little_endian, buffer.is_implicit_VR = True, False
-        write_dataset(buffer, changed)
-    encoded = buffer.getvalue()
+        encoded = _explicit_le(changed)
     assert encoded.count(placeholder.encode()) == 1
     return encoded.replace(placeholder.encode(), value)
 
