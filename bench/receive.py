@@ -1,6 +1,6 @@
 """Receive throughput: DCMTK storescp vs Orthanc vs radnode, DCMTK storescu as the sender.
 
-    .venv/bin/python -m bench.receive [--runs 3] [--keep DIR]
+    .venv/bin/python -m bench.receive [--runs 3] [--cases ct mr] [--fsync grouped|per_file] [--keep DIR]
 
 Builds its own series in a temporary folder (derived from the repository's chest CT and the shared
 64×64 GE EPI MR, every instance with new UIDs):
@@ -17,12 +17,25 @@ receiver's CPU time (user + system, all threads, from /proc) per instance is pri
 shared, loaded machine it is the figure that the load disturbs least. After
 each radnode run every instance must be in the database exactly once, at
 ``<spool>/<study>/<series>/<sop>.dcm``, with the data set that was sent.
+
+Two references frame radnode's rate in the same run:
+
+- the **durable limit**: the same files' bytes, already in memory, written one by one by a plain
+  Python loop and flushed as radnode's ``storage.fsync`` mode flushes them (``per_file``: fdatasync
+  of the file, rename into its series folder, fsync of the folder; ``grouped``, and ``auto`` on a
+  quiet disk: rename, then one ``syncfs``), with no network, parsing or database: no receiver that
+  acknowledges only what is on disk, flushing this way, can beat it;
+- a **busy disk**: the three receivers again while an unrelated process writes to the same file
+  system without pause (1 MiB buffered writes, rewriting a 1 GiB file, as a copy or backup would), and
+  each receiver's loss against its own quiet rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,12 +45,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
+from node.config import StorageConfig
+from node.store import FsyncMode
 from node.db import Database, Instance, Series, Study
 from tests.dcmtk import STORESCU, StoreSCP, dcmtk_env
 from tests.dicom_files import dicom_files_under
@@ -156,11 +171,67 @@ def orthanc(workdir: Path) -> Iterator[tuple[int, str, int]]:
         yield pacs.dicom_port, pacs.aet, pacs._process.pid  # type: ignore[union-attr]
 
 
+def radnode(fsync: str) -> Any:
+    @contextmanager
+    def receiver(workdir: Path) -> Iterator[tuple[int, str, int]]:
+        node = RadnodeProcess(workdir, destinations={}, routes=[], with_worker=False,
+                              extra={"storage": {"fsync": fsync}})
+        with node:
+            yield node.port, node.ae_title, node.process.pid  # type: ignore[union-attr]
+    return receiver
+
+
+def durable_limit(case: Case, workdir: Path, fsync: str) -> float:
+    """Instances/s of a plain loop that writes the case's bytes and flushes each as ``fsync`` says."""
+    contents = [(path.read_bytes(), study) for study, paths in enumerate(case.studies) for path in paths]
+    incoming, spool = workdir / "incoming", workdir / "spool"
+    incoming.mkdir(parents=True)
+    syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+    root = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
+    os.sync()
+    started = time.perf_counter()
+    for number, (data, study) in enumerate(contents):
+        folder = spool / str(study)
+        if not folder.is_dir():
+            folder.mkdir(parents=True)
+        part = incoming / f"{number}.part"
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        os.write(fd, data)
+        if fsync == "per_file":
+            os.fdatasync(fd)
+        os.close(fd)
+        os.replace(part, folder / f"{number}.dcm")
+        if fsync == "per_file":
+            directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            os.fsync(directory)
+            os.close(directory)
+        elif syncfs(root) != 0:
+            raise OSError(ctypes.get_errno(), "syncfs failed")
+    elapsed = time.perf_counter() - started
+    os.close(root)
+    shutil.rmtree(workdir)
+    return len(contents) / elapsed
+
+
 @contextmanager
-def radnode(workdir: Path) -> Iterator[tuple[int, str, int]]:
-    node = RadnodeProcess(workdir, destinations={}, routes=[], with_worker=False)
-    with node:
-        yield node.port, node.ae_title, node.process.pid  # type: ignore[union-attr]
+def unrelated_writer(workdir: Path) -> Iterator[None]:
+    """Another program writing to the same file system as fast as it can, never flushing."""
+    target = workdir / "unrelated-writer.bin"
+    program = (
+        "import sys\nblock = bytes(1 << 20)\n"
+        "while True:\n"
+        "    with open(sys.argv[1], 'wb') as f:\n"
+        "        for _ in range(1024):\n"
+        "            f.write(block)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", program, str(target)])
+    try:
+        time.sleep(3)  # dirty pages build up to the kernel's write-back level first
+        yield
+    finally:
+        writer.kill()
+        writer.wait()
+        target.unlink(missing_ok=True)
 
 
 def check_radnode(workdir: Path, case: Case) -> None:
@@ -191,27 +262,35 @@ def check_radnode(workdir: Path, case: Case) -> None:
         raise AssertionError(f"{case.name}: {files_on_disk} files in the spool, sent {len(case.files)}")
 
 
-def run_once(case: Case, workdir: Path) -> tuple[dict[str, float], dict[str, float]]:
+def run_once(
+    case: Case, workdir: Path, fsync: str, *, busy: bool = False
+) -> tuple[dict[str, float], dict[str, float]]:
     """One send of ``case`` to each receiver: instances/s and CPU ms/instance per receiver."""
     rates: dict[str, float] = {}
     cpu_ms: dict[str, float] = {}
-    for name, receiver in (("storescp", storescp), ("orthanc", orthanc), ("radnode", radnode)):
+    for name, receiver in (("storescp", storescp), ("orthanc", orthanc), ("radnode", radnode(fsync))):
         folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
         with receiver(folder) as (port, aet, pid):
             # the previous receiver's files (storescp never flushes) must not be flushed on this
             # one's time: radnode's syncfs writes out everything dirty on the file system
             os.sync()
-            cpu_before = _cpu_seconds(pid)
-            rates[name] = len(case.files) / send(port, aet, [case.files])
-            cpu_ms[name] = (_cpu_seconds(pid) - cpu_before) * 1000 / len(case.files)
+            with unrelated_writer(workdir) if busy else _nothing():
+                cpu_before = _cpu_seconds(pid)
+                rates[name] = len(case.files) / send(port, aet, [case.files])
+                cpu_ms[name] = (_cpu_seconds(pid) - cpu_before) * 1000 / len(case.files)
         if name == "radnode":
             check_radnode(folder, case)
     return rates, cpu_ms
 
 
-def run_parallel(case: Case, workdir: Path) -> float:
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def run_parallel(case: Case, workdir: Path, fsync: str) -> float:
     folder = Path(tempfile.mkdtemp(prefix="radnode-par-", dir=workdir))
-    with radnode(folder) as (port, aet, _):
+    with radnode(fsync)(folder) as (port, aet, _):
         os.sync()  # as in run_once
         rate = len(case.files) / send(port, aet, case.studies)
     check_radnode(folder, case)
@@ -225,33 +304,52 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="repetitions per case (default 3)")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
     parser.add_argument("--cases", nargs="+", choices=("ct", "mr"), default=["ct", "mr"])
+    parser.add_argument("--fsync", choices=get_args(FsyncMode), default=StorageConfig.model_fields[
+        "fsync"].default, help="radnode's storage.fsync (default: radnode's own default)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="radnode-bench-") as tmp:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         print(f"building cases in {workdir} …", flush=True)
         cases = {case.name: case for case in build_cases(workdir / "data")}
-        print(f"load before: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs", flush=True)
-        header = f"{'case':<5} {'run':>3} {'storescp/s':>10} {'orthanc/s':>10} {'radnode/s':>10} " \
-                 f"{'rn/orth':>8} {'rn/scp':>7} {'radnode×4/s':>11}   CPU ms/instance: scp orthanc radnode"
-        print(header)
+        print(f"load before: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs; "
+              f"radnode storage.fsync: {args.fsync}", flush=True)
+        print(f"{'case':<5} {'run':>3} {'disk':<5} {'storescp/s':>10} {'orthanc/s':>10} {'radnode/s':>10} "
+              f"{'rn/orth':>8} {'rn/scp':>7} {'limit/s':>8} {'rn/limit':>8} {'radnode×4/s':>11}"
+              f"   CPU ms/instance: scp orthanc radnode")
         for name in args.cases:
-            case, parallel = cases[name], cases["ct-4" if name == "ct" else "mr"]
-            radnode_rates, orthanc_ratios, scp_ratios = [], [], []
-            for run in range(1, args.runs + 1):
-                rates, cpu_ms = run_once(case, workdir)
-                par = run_parallel(parallel, workdir)
-                radnode_rates.append(rates["radnode"])
-                orthanc_ratios.append(rates["radnode"] / rates["orthanc"])
-                scp_ratios.append(rates["radnode"] / rates["storescp"])
-                print(f"{name:<5} {run:>3} {rates['storescp']:>10.1f} {rates['orthanc']:>10.1f} "
-                      f"{rates['radnode']:>10.1f} {orthanc_ratios[-1]:>8.2f} {scp_ratios[-1]:>7.2f} "
-                      f"{par:>11.1f}   {cpu_ms['storescp']:.2f} {cpu_ms['orthanc']:.2f} "
-                      f"{cpu_ms['radnode']:.2f}  load {os.getloadavg()[0]:.1f}", flush=True)
-            print(f"{name:<5} med {'':>10} {'':>10} {statistics.median(radnode_rates):>10.1f} "
-                  f"{statistics.median(orthanc_ratios):>8.2f} {statistics.median(scp_ratios):>7.2f}  "
-                  f"({case.megabytes:.0f} MB, {len(case.files)} instances)", flush=True)
+            _run_case(name, cases[name], cases["ct-4" if name == "ct" else "mr"], workdir, args)
         print(f"load after: {os.getloadavg()[0]:.2f} (1 min)")
+
+
+def _run_case(name: str, case: Case, parallel: Case, workdir: Path, args: argparse.Namespace) -> None:
+    ratios: dict[str, list[float]] = {key: [] for key in ("orth", "scp", "limit")}
+    losses: dict[str, list[float]] = {"storescp": [], "orthanc": [], "radnode": []}
+    for run in range(1, args.runs + 1):
+        rates, cpu_ms = run_once(case, workdir, args.fsync)
+        limit = durable_limit(case, Path(tempfile.mkdtemp(prefix="limit-", dir=workdir)), args.fsync)
+        par = run_parallel(parallel, workdir, args.fsync)
+        busy, busy_cpu = run_once(case, workdir, args.fsync, busy=True)
+        ratios["orth"].append(rates["radnode"] / rates["orthanc"])
+        ratios["scp"].append(rates["radnode"] / rates["storescp"])
+        ratios["limit"].append(rates["radnode"] / limit)
+        for receiver, loss in losses.items():
+            loss.append(1 - busy[receiver] / rates[receiver])
+        for disk, got, cpu, extra in (
+            ("quiet", rates, cpu_ms, f"{limit:>8.1f} {ratios['limit'][-1]:>8.2f} {par:>11.1f}"),
+            ("busy", busy, busy_cpu, f"{'':>8} {'':>8} {'':>11}"),
+        ):
+            print(f"{name:<5} {run:>3} {disk:<5} {got['storescp']:>10.1f} {got['orthanc']:>10.1f} "
+                  f"{got['radnode']:>10.1f} {got['radnode'] / got['orthanc']:>8.2f} "
+                  f"{got['radnode'] / got['storescp']:>7.2f} {extra}   {cpu['storescp']:.2f} "
+                  f"{cpu['orthanc']:.2f} {cpu['radnode']:.2f}  load {os.getloadavg()[0]:.1f}", flush=True)
+        print(f"{name:<5} {run:>3} loss from the busy disk: " + ", ".join(
+            f"{receiver} {loss[-1]:.0%}" for receiver, loss in losses.items()), flush=True)
+    median = statistics.median
+    print(f"{name:<5} median rn/orth {median(ratios['orth']):.2f}, rn/scp {median(ratios['scp']):.2f}, "
+          f"rn/limit {median(ratios['limit']):.2f}; busy-disk loss " + ", ".join(
+              f"{receiver} {median(loss):.0%}" for receiver, loss in losses.items())
+          + f"  ({case.megabytes:.0f} MB, {len(case.files)} instances)", flush=True)
 
 
 if __name__ == "__main__":

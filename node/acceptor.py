@@ -28,8 +28,11 @@ It also holds the association against peers that break the protocol, which pynet
   association before its body is read (:class:`BoundedDUL`);
 - every read and write has the network timeout (pynetdicom's accepted sockets have none, so a
   peer that stopped inside a PDU held its thread forever), and a TLS handshake runs on the
-  connection's own thread with that timeout, never on the thread that accepts connections, at
-  most :data:`HANDSHAKES_PER_ASSOCIATION` × ``maximum_associations`` at once;
+  connection's own thread with that timeout, never on the thread that accepts connections;
+- at most :data:`NEGOTIATING_PER_ASSOCIATION` × ``maximum_associations`` connections are at once
+  between their TCP connect and their association's establishment (TLS handshake, A-ASSOCIATE-RQ);
+  beyond that a new connection is closed at once with one log line, so idle or slow connections
+  cannot take a thread each until the network timeout ends them;
 - after an abort, what the peer still sends is discarded unread until it closes or the ARTIM
   timer closes the connection, instead of being parsed (and logged) as PDU after PDU.
 
@@ -69,9 +72,10 @@ REACTOR_CHECK_SECONDS = 0.001
 # message for it and each release or abort indication; with C-STORE requests served on the DUL
 # thread it has nothing else to do, and waking every millisecond took the GIL from the DUL.
 ASSOCIATION_CHECK_SECONDS = 0.05
-# TLS handshakes under way at once, per association the listener admits: a flood of connections
-# that never finish theirs costs a bounded number of threads (each ends at the network timeout).
-HANDSHAKES_PER_ASSOCIATION = 2
+# Connections between connect and association (TLS handshake, A-ASSOCIATE-RQ) at once, per
+# association the listener admits: a flood of connections that never associate costs a bounded
+# number of threads (each ends at the network timeout).
+NEGOTIATING_PER_ASSOCIATION = 2
 # A PDU is read into memory at most this much ahead of the bytes that arrived.
 RECV_STEP_BYTES = 256 * 1024
 
@@ -157,7 +161,26 @@ def _close_pipe(*fds: int) -> None:
 
 
 class ReceivingAssociation(Association):
-    """An acceptor whose reactor sleeps until the DUL has a message or an indication for it."""
+    """An acceptor whose reactor sleeps until the DUL has a message or an indication for it, and
+    that holds its connection's negotiation slot until it is established or ended."""
+
+    _negotiation_slot: threading.BoundedSemaphore | None = None
+
+    def hold_negotiation_slot(self, slot: threading.BoundedSemaphore) -> None:
+        self._negotiation_slot = slot
+
+    def _leave_negotiation(self) -> None:
+        slot, self._negotiation_slot = self._negotiation_slot, None
+        if slot is not None:
+            slot.release()
+
+    def run(self) -> None:
+        """The thread's body (pynetdicom's ``run_reactor``, bound as its target): the slot is given
+        back however the association ends, negotiated or not."""
+        try:
+            super().run()
+        finally:
+            self._leave_negotiation()
 
     def _next_message(self) -> tuple[Any, Any]:
         try:
@@ -170,6 +193,7 @@ class ReceivingAssociation(Association):
         DIMSE message queue; every check it makes (release, abort, DUL alive, network timeout)
         is made in the same order, on each wake-up and at least every :data:`ASSOCIATION_CHECK_SECONDS`.
         """
+        self._leave_negotiation()  # established
         self._is_paused = False
         while not self._kill:
             # other threads pause the reactor (send_*() from an acceptor) through this checkpoint
@@ -241,7 +265,7 @@ class _ReceivingServer(ThreadedAssociationServer):
     up on each connection's own thread (:meth:`_ReceivingRequestHandler.handle`)."""
 
     store: StoreHandler | None = None
-    handshakes = threading.BoundedSemaphore(1)  # set per server by start_receiving_server
+    negotiating = threading.BoundedSemaphore(1)  # set per server by start_receiving_server
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = cast(socket.socket, self.socket).accept()
@@ -258,22 +282,26 @@ class _ReceivingRequestHandler(RequestHandler):
     """
 
     def handle(self) -> None:
-        """Give the connection the network timeout, shake hands (TLS), then associate."""
+        """Give the connection the network timeout and a negotiation slot, shake hands (TLS), then
+        associate; the association gives the slot back once established or ended."""
         connection = cast(socket.socket, self.request)
         connection.settimeout(self.ae.network_timeout)
-        if isinstance(connection, ssl.SSLSocket) and not self._shake_hands(connection):
-            with contextlib.suppress(OSError):
-                connection.close()
+        negotiating = cast(_ReceivingServer, self.server).negotiating
+        if not negotiating.acquire(blocking=False):
+            limit = NEGOTIATING_PER_ASSOCIATION * self.ae.maximum_associations
+            LOGGER.warning("Connection refused address=%s reason=%d connections are already negotiating "
+                           "(%d × node.max_associations)", self.client_address[0], limit,
+                           NEGOTIATING_PER_ASSOCIATION)
+            self._close(connection)
             return
+        if isinstance(connection, ssl.SSLSocket) and not self._shake_hands(connection):
+            negotiating.release()
+            self._close(connection)
+            return
+        self._negotiating = negotiating
         super().handle()
 
     def _shake_hands(self, connection: ssl.SSLSocket) -> bool:
-        """The TLS handshake, at most :data:`HANDSHAKES_PER_ASSOCIATION` × max_associations at a time."""
-        handshakes = cast(_ReceivingServer, self.server).handshakes
-        if not handshakes.acquire(blocking=False):
-            LOGGER.warning("TLS handshake refused address=%s reason=too many connections shaking hands",
-                           self.client_address[0])
-            return False
         try:
             connection.do_handshake()
             return True
@@ -281,12 +309,16 @@ class _ReceivingRequestHandler(RequestHandler):
             LOGGER.warning("TLS handshake failed address=%s reason=%s", self.client_address[0],
                            "no answer within the network timeout" if isinstance(exc, TimeoutError) else exc)
             return False
-        finally:
-            handshakes.release()
+
+    @staticmethod
+    def _close(connection: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            connection.close()
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         assoc.__class__ = ReceivingAssociation
+        cast(ReceivingAssociation, assoc).hold_negotiation_slot(self._negotiating)
         sock = cast(ReceivingSocket, assoc.dul.socket)
         sock.__class__ = ReceivingSocket
         sock.enable_wakeup()
@@ -316,7 +348,7 @@ def start_receiving_server(
         address, server_class=_ReceivingServer, request_handler=_ReceivingRequestHandler, **kwargs
     ))
     server.store = store
-    server.handshakes = threading.BoundedSemaphore(HANDSHAKES_PER_ASSOCIATION * ae.maximum_associations)
+    server.negotiating = threading.BoundedSemaphore(NEGOTIATING_PER_ASSOCIATION * ae.maximum_associations)
     thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{address[1]}", daemon=True)
     thread.start()
     ae._servers.append(server)  # what start_server does: server.shutdown() removes it again

@@ -6,7 +6,8 @@ ORM units of work: one transaction of two statements per instance (``UPDATE seri
 kept. ORM sessions cost several milliseconds per instance; the whole transaction here costs
 about as much as its commit.
 
-With ``deferred_durability`` (SQLite on the spool's file system, spool in grouped sync), the
+With ``deferred_durability`` (SQLite on the spool's file system, spool in grouped sync) and
+``flush_later`` (the spool chose its grouped flush for this instance), the
 commit is not flushed by SQLite (``synchronous=NORMAL`` for that transaction: WAL ordering keeps
 the database consistent) and the listener's spool sync right after it flushes the row and the
 file together: one disk flush per instance, before Success. A crash between the commit and that
@@ -92,8 +93,12 @@ class Catalog:
         calling_ae_title: str,
         calling_address: str = "",
         called_ae_title: str = "",
+        flush_later: bool = False,
     ) -> Path | None:
         """Record a stored instance; a re-sent instance updates its row and reopens its series.
+
+        ``flush_later``: the caller's spool sync follows and flushes this commit too (see the module
+        docstring); otherwise the commit is flushed by the database itself.
 
         ``calling_ae_title`` and ``calling_address`` (the sender's IP) are the audit trail;
         ``called_ae_title`` is what routes match on. A series that had completed goes back to
@@ -105,7 +110,8 @@ class Catalog:
         attempts = 0
         while True:
             try:
-                with self.db.engine.connect() as connection, self._durability(connection), connection.begin():
+                with self.db.engine.connect() as connection, self._durability(connection, flush_later), \
+                        connection.begin():
                     now = utcnow()
                     series_id = self._series_id(connection, header, now, called_ae_title, association)
                     previous = connection.scalar(self._path_of, {"uid": header.sop_instance_uid})
@@ -134,9 +140,9 @@ class Catalog:
                     raise
 
     @contextmanager
-    def _durability(self, connection: Connection) -> Iterator[None]:
+    def _durability(self, connection: Connection, flush_later: bool) -> Iterator[None]:
         """SQLite's own flush off for this transaction when the caller's spool sync covers it."""
-        if not self.deferred_durability:
+        if not (self.deferred_durability and flush_later):
             yield
             return
         raw = connection.connection.driver_connection  # outside a transaction: pragmas allowed
@@ -161,6 +167,38 @@ class Catalog:
             if broken:
                 session.execute(delete(Instance).where(Instance.id.in_(broken)))
         return len(broken)
+
+    def series_paths(self, series_instance_uid: str) -> set[Path] | None:
+        """The files recorded for a series, or None when the series has no row."""
+        with self.db.session() as session:
+            series_id = session.scalar(
+                select(Series.id).where(Series.series_instance_uid == series_instance_uid)
+            )
+            if series_id is None:
+                return None
+            paths = session.scalars(select(Instance.path).where(Instance.series_id == series_id))
+            return {Path(path) for path in paths}
+
+    def recorded_file(self, sop_instance_uid: str) -> Path | None:
+        """Where the row of an instance says its file is, if it has a row."""
+        with self.db.session() as session:
+            path = session.scalar(select(Instance.path).where(Instance.sop_instance_uid == sop_instance_uid))
+        return None if path is None else Path(path)
+
+    def restore(
+        self, header: InstanceHeader, *, path: Path, size_bytes: int, transfer_syntax_uid: str
+    ) -> None:
+        """Give a stored file back the row a crash took from it, in its series as that series is
+        (its state is left alone: the instance was there before)."""
+        with self.db.session() as session:
+            series_id = session.scalar(
+                select(Series.id).where(Series.series_instance_uid == header.series_instance_uid)
+            )
+            session.add(Instance(
+                series_id=series_id, sop_instance_uid=header.sop_instance_uid,
+                sop_class_uid=header.sop_class_uid, transfer_syntax_uid=transfer_syntax_uid,
+                path=str(path), size_bytes=size_bytes,
+            ))
 
     def _series_id(
         self,

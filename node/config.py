@@ -26,6 +26,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from inference.model_config import SHIPPED_PREFIX, ModelConfig, shipped_weights_dir
 from inference.pipelines import available as available_pipelines
 from node.errors import ConfigError
+from node.store import FsyncMode
 
 __all__ = [
     "CompletionConfig",
@@ -162,8 +163,9 @@ class StorageConfig(_Section):
     min_free_mb: int = Field(default=DEFAULT_MIN_FREE_MB, ge=0)
     # None keeps everything; otherwise delivered studies older than this are removed (node/retention.py)
     retention_days: float | None = Field(default=None, gt=0)
-    # grouped: one syncfs(2) shared by concurrent writes; per_file: fsync of each file and folder
-    fsync: Literal["grouped", "per_file"] = "grouped"
+    # grouped: one syncfs(2) shared by concurrent writes; per_file: fdatasync of each file and its
+    # folder; auto: grouped unless other programs have much waiting to be written (node/store.py)
+    fsync: FsyncMode = "auto"
 
     @property
     def results_dir(self) -> Path:

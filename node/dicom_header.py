@@ -16,12 +16,14 @@ from __future__ import annotations
 import functools
 import struct
 import zlib
+import mmap
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.uid import UID, ImplicitVRLittleEndian
 
 __all__ = [
-    "IDENTIFYING_KEYWORDS", "InflatesPastCeiling", "inflated_head", "scan_data_set", "scan_identifiers",
+    "IDENTIFYING_KEYWORDS", "InflatesPastCeiling", "cut_short", "inflated_head", "scan_data_set",
+    "scan_identifiers",
 ]
 
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
@@ -50,6 +52,7 @@ _MAGIC = b"DICM"
 _META_GROUP = 0x0002
 _TRANSFER_SYNTAX_TAG = 0x00020010
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_PIXEL_DATA_TAGS = frozenset((0x7FE00008, 0x7FE00009, 0x7FE00010))  # an image has one of them
 _UNDEFINED = 0xFFFFFFFF
 _MAX_NESTING = 16
 # VRs with a 2-byte reserved field and a 4-byte length in explicit VR (PS3.5 Table 7.1-1)
@@ -64,6 +67,10 @@ class _Unsure(Exception):
     """The bytes are not what the fast scan reads with certainty: pydicom decides."""
 
 
+class _PastEnd(_Unsure):
+    """A length or header runs past the end of the bytes."""
+
+
 def scan_identifiers(part10: bytes | bytearray) -> dict[str, str] | None:
     """The identifying attributes present in a Part 10 byte string, as text (``None``: ask pydicom).
 
@@ -71,15 +78,22 @@ def scan_identifiers(part10: bytes | bytearray) -> dict[str, str] | None:
     always read them; validation is the caller's.
     """
     try:
-        if part10[_PREAMBLE:_PREAMBLE + 4] != _MAGIC:
-            raise _Unsure
-        syntax, position = _read_meta(part10, _PREAMBLE + 4)
-        implicit = syntax == ImplicitVRLittleEndian
-        if not implicit and not _explicit_little_endian(syntax):
-            raise _Unsure
+        position, implicit = _little_endian_data_set(part10)
         return _read_identifiers(part10, position, implicit)
     except (_Unsure, struct.error, ValueError):  # ValueError: a transfer syntax pydicom does not know
         return None
+
+
+def _little_endian_data_set(part10: bytes | bytearray | mmap.mmap) -> tuple[int, bool]:
+    """Where the data set of a Part 10 instance starts, and whether it is implicit VR; _Unsure
+    unless it is little endian and not deflated."""
+    if part10[_PREAMBLE:_PREAMBLE + 4] != _MAGIC:
+        raise _Unsure
+    syntax, position = _read_meta(part10, _PREAMBLE + 4)
+    implicit = syntax == ImplicitVRLittleEndian
+    if not implicit and not _explicit_little_endian(syntax):
+        raise _Unsure
+    return position, implicit
 
 
 def scan_data_set(data_set: bytes | bytearray, implicit: bool = False) -> dict[str, str] | None:
@@ -112,6 +126,48 @@ def inflated_head(part10: bytes | bytearray, ceiling: int) -> bytes | None:
     if total > ceiling:
         raise InflatesPastCeiling(f"the deflated data set inflates to more than {ceiling} bytes")
     return head
+
+
+def cut_short(part10: bytes | bytearray | mmap.mmap, *, needs_pixel_data: bool) -> str | None:
+    """Why a little endian Part 10 instance was cut short: it ends inside an element, or (with
+    ``needs_pixel_data``, for image classes) before any pixel data. ``None``: it is whole, or the
+    scan is unsure (deflated, big endian, an unknown VR).
+
+    A sender that flags the last fragment early, or a connection cut at a PDU boundary, leaves a
+    data set that pydicom (and every listener that does not look) stores as if it were whole. Only
+    element headers are read; values are skipped by their length, sequences item by item.
+    """
+    try:
+        position, implicit = _little_endian_data_set(part10)
+        previous, pixels = -1, False
+        while position < len(part10):
+            if len(part10) - position < 8:
+                return f"{len(part10) - position} byte(s) after {_tag_text(previous)}, too few for an element"
+            tag, vr, value, length = _element(part10, position, implicit)
+            if tag <= previous:
+                return None
+            previous = tag
+            pixels = pixels or tag in _PIXEL_DATA_TAGS
+            if length == _UNDEFINED:
+                try:
+                    position = _skip_undefined(part10, value, implicit or vr == b"UN", 0)
+                except (_PastEnd, struct.error):
+                    return f"the undefined-length value of {_tag_text(tag)} has no end"
+            elif value + length > len(part10):
+                return f"{_tag_text(tag)} declares {length} bytes, {max(len(part10) - value, 0)} follow"
+            else:
+                position = value + length
+    except _PastEnd:
+        return "the file meta information is cut short"
+    except (_Unsure, struct.error, ValueError):
+        return None
+    if needs_pixel_data and not pixels:
+        return f"an image without pixel data: it ends after {_tag_text(previous)}"
+    return None
+
+
+def _tag_text(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 @functools.cache  # a handful of transfer syntaxes; pydicom's UID checks cost more than the scan
@@ -201,7 +257,7 @@ def _skip_undefined(data: bytes, position: int, implicit: bool, depth: int) -> i
 
 def _within(data: bytes, position: int) -> int:
     if position > len(data):
-        raise _Unsure
+        raise _PastEnd
     return position
 
 

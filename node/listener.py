@@ -33,13 +33,16 @@ from node.dimse import StoreStatus
 from node.errors import DataSetTooLarge, InvalidInstance, OutOfSpace, StorageError, WrongPresentationContext
 from node.metrics import ASSOCIATIONS_REJECTED, INSTANCES_RECEIVED, INSTANCES_REFUSED, RECEIVED_BYTES
 from node.part10 import PREAMBLE, file_meta
-from node.store import IncomingFile, Spool, read_incoming_header, validate_uid
+from node.recovery import recover
+from node.store import IncomingFile, Spool, check_whole, read_incoming_header, validate_uid
 from node.store_path import Incoming, StoreRequestInfo
 from node.tls import server_context
 
 __all__ = ["AssociationTracker", "Listener"]
 
 log = logging.getLogger("radnode.listener")
+
+STOP_WAIT_S = 10.0  # for the associations that a stop aborted to end
 
 _ERROR_COMMENT_MAX = 64  # ErrorComment (0000,0902) is LO
 # Announced in A-ASSOCIATE-AC (PS3.8 D.1): senders cut data sets into P-DATA PDUs of at most this
@@ -123,14 +126,7 @@ class Listener:
 
     def start(self) -> None:
         """Start serving in background threads; returns once the port is bound."""
-        removed = self.catalog.recover()
-        if removed:
-            log.warning("removed %d instance row(s) whose file was not complete after a crash; "
-                        "their senders got no Success and will send them again", removed)
-        partial = self.spool.remove_incomplete()
-        if partial:
-            log.warning("removed %d partly received file(s) left by a crash in %s; their senders got "
-                        "no Success and will send them again", partial, self.spool.root / ".incoming")
+        recover(self.spool, self.catalog)
         # pynetdicom's own switch (process-wide, so restored by stop()): private and unknown
         # abstract syntaxes are negotiated as storage, with the first transfer syntax proposed
         self._unrestricted_before = pynetdicom_config.UNRESTRICTED_STORAGE_SERVICE
@@ -163,10 +159,21 @@ class Listener:
         )
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
-            pynetdicom_config.UNRESTRICTED_STORAGE_SERVICE = self._unrestricted_before
+        """Stop serving; the spool is marked cleanly stopped once no association is left writing."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.shutdown()
+        pynetdicom_config.UNRESTRICTED_STORAGE_SERVICE = self._unrestricted_before
+        open_associations = list(server.ae.active_associations)
+        for association in open_associations:
+            association.abort()  # the sender gets no Success for what it was sending
+        for association in open_associations:
+            association.join(timeout=STOP_WAIT_S)
+        if server.ae.active_associations:
+            log.warning("stopped with associations still ending: the next start sweeps the spool")
+        else:
+            self.spool.mark_clean_stop()
 
     def _on_end(self, event: evt.Event) -> None:
         self.tracker.ended(id(event.assoc))
@@ -213,21 +220,24 @@ class Listener:
                         f"SOPInstanceUID {header.sop_instance_uid} differs from the request's "
                         f"AffectedSOPInstanceUID {sop_uid}"
                     )
+                check_whole(incoming, header.sop_class_uid)
             except StorageError:  # not stored: InvalidInstance, DataSetTooLarge
                 incoming.discard()
                 raise
             self.tracker.saw(request.association_id, header.series_instance_uid)
-            path = self.spool.commit(incoming, header, sync=False)
+            committed = self.spool.commit(incoming, header, sync=False)
             superseded = self.catalog.record(
                 header,
-                path=path,
+                path=committed.path,
+                flush_later=committed.pending,
                 size_bytes=incoming.size,
                 transfer_syntax_uid=request.transfer_syntax_uid,
                 calling_ae_title=request.calling_ae_title,
                 calling_address=request.calling_address,
                 called_ae_title=request.called_ae_title,
             )
-            self.spool.sync()  # the file and (usually) its row reach the disk: only then Success
+            if committed.pending:
+                self.spool.sync()  # the file and (usually) its row reach the disk: only then Success
         except (InvalidInstance, StorageError, SQLAlchemyError) as exc:
             return self.refuse(request, exc)
         if superseded is not None:  # re-sent under another study or series: it lives there now

@@ -51,6 +51,16 @@ class PresentationDataValue:
     value: memoryview
 
 
+def count_items(body: bytes | bytearray | memoryview, *, stop_after: int) -> int:
+    """How many PDV items a P-DATA-TF PDU's body holds, counting no further than ``stop_after`` + 1
+    (a malformed item ends the count: decoding reports it)."""
+    count, position = 0, 0
+    while position + 4 <= len(body) and count <= stop_after:
+        position += 4 + int.from_bytes(body[position:position + 4], "big")
+        count += 1
+    return count
+
+
 def presentation_data_values(body: bytes | bytearray | memoryview) -> list[PresentationDataValue]:
     """The PDV items of a P-DATA-TF PDU's body (the bytes after its 6-byte header).
 

@@ -92,10 +92,7 @@ def serve(config: Config, *, with_worker: bool) -> None:
     prepare_paths(config)
     db = Database(config.database.url)
     db.create_schema()  # node.retention is imported: its Purge table is created too
-    spool = Spool(
-        config.storage.path, config.storage.min_free_mb * 2**20,
-        group_sync=config.storage.fsync == "grouped",
-    )
+    spool = Spool(config.storage.path, config.storage.min_free_mb * 2**20, fsync=config.storage.fsync)
     tracker = AssociationTracker()
     enqueuer = Enqueuer(create_app(config))
     verify_with = config.completion.verify_with

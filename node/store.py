@@ -3,12 +3,19 @@
 Each file is written as it arrives to a temporary name in ``<root>/.incoming/`` (the receive path
 never holds a whole instance in memory), renamed into place once its header has been read, and
 only then made durable, so after a crash a file is either complete or absent; what a crash
-leaves in ``.incoming`` is removed when the listener starts. Durability is one of:
+leaves in ``.incoming`` is removed when the listener starts. Durability (``storage.fsync``) is one of:
 
-- per file: fsync of the file, then of its folder (two disk flushes per instance);
-- grouped (Linux, the default): one ``syncfs(2)`` of the spool's file system, which flushes every
-  file and folder entry written before it. Concurrent writers share one flush (group commit),
-  and even one sender pays one flush per instance instead of two.
+- per file: fdatasync of the file, then fsync of its folder (two disk flushes per instance, and
+  SQLite flushes the row itself);
+- grouped (Linux): one ``syncfs(2)`` of the spool's file system, which flushes every file, folder
+  entry and database page written before it. Concurrent writers share one flush (group commit),
+  and one sender pays one flush per instance instead of three. But it also writes out whatever
+  other programs left dirty on that file system, on radnode's time: behind a copy or a backup
+  writing to the same disk, an instance waited for hundreds of megabytes (BENCHMARKS.md);
+- auto (the default): grouped while little else waits to be written (at most
+  :data:`QUIET_DIRTY_BYTES` dirty or under write-back in the page cache besides the instance
+  itself, read from ``/proc/meminfo`` in a few microseconds), per file otherwise. Both acknowledge
+  only what is on disk; the choice, made per instance, only decides which is faster.
 
 UIDs are validated before they become path components (PS3.5 9.1: digits and dots, at most 64
 characters), which also makes path traversal impossible.
@@ -18,24 +25,29 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import itertools
+import mmap
 import os
 import re
 import shutil
 import struct
 import threading
 import zlib
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.uid import UID
 
 from node.dicom_header import (
     IDENTIFYING_KEYWORDS,
     InflatesPastCeiling,
+    cut_short,
     inflated_head,
     scan_data_set,
     scan_identifiers,
@@ -43,9 +55,13 @@ from node.dicom_header import (
 from node.errors import DataSetTooLarge, InvalidInstance, OutOfSpace, StorageError
 
 __all__ = [
-    "FileSystemSync", "IncomingFile", "InstanceHeader", "Spool", "read_header", "read_incoming_header",
-    "validate_uid", "write_durably",
+    "Committed", "FileSystemSync", "FsyncMode", "IncomingFile", "InstanceHeader", "Spool", "check_whole",
+    "read_header", "read_incoming_header", "validate_uid", "write_durably",
 ]
+
+FsyncMode = Literal["auto", "grouped", "per_file"]
+QUIET_DIRTY_BYTES = 4 << 20  # more waiting than this costs more to flush than two per-file flushes
+CLEAN_STOP_MARK = "clean-stop"
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # leading zeros are wrong, but seen from modalities
 UID_MAX_LENGTH = 64
@@ -157,6 +173,23 @@ def _integer_string(text: str | None) -> int | None:
     return number if -(2**31) <= number < 2**31 else None
 
 
+def check_whole(incoming: IncomingFile, sop_class_uid: str) -> None:
+    """Raise InvalidInstance when a received data set was cut short (:func:`cut_short`): it was
+    flagged complete inside an element, or an image came without its pixel data."""
+    if incoming.size == 0:
+        return  # read_incoming_header has refused it already
+    with open(incoming.path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        problem = cut_short(data, needs_pixel_data=_is_image_class(sop_class_uid))
+    if problem is not None:
+        raise InvalidInstance(f"the data set was cut short: {problem}", undecodable=True)
+
+
+@functools.cache
+def _is_image_class(sop_class_uid: str) -> bool:
+    """Whether the IOD of a storage class requires Pixel Data (its name says Image Storage)."""
+    return UID(sop_class_uid).name.endswith("Image Storage")
+
+
 def _read_with_pydicom(part10: bytes) -> dict[str, str | None]:
     try:
         ds = dcmread(BytesIO(part10), stop_before_pixels=True, specific_tags=list(IDENTIFYING_KEYWORDS))
@@ -215,6 +248,36 @@ class FileSystemSync:
         os.close(self._fd)
 
 
+class DirtyPages:
+    """Bytes the kernel still has to write back (``Dirty`` + ``Writeback`` in ``/proc/meminfo``), all
+    file systems together: a ``syncfs`` of the spool waits for its share of them."""
+
+    def __init__(self) -> None:
+        try:
+            self._fd: int | None = os.open("/proc/meminfo", os.O_RDONLY)
+        except OSError:
+            self._fd = None
+
+    def waiting_bytes(self) -> int | None:
+        """The bytes waiting, or None where the kernel does not say."""
+        if self._fd is None:
+            return None
+        try:
+            text = os.pread(self._fd, 8192, 0)
+            return sum(_meminfo_kib(text, field) for field in (b"\nDirty:", b"\nWriteback:")) << 10
+        except (OSError, ValueError):
+            return None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+
+def _meminfo_kib(text: bytes, field: bytes) -> int:
+    start = text.index(field) + len(field)
+    return int(text[start:text.index(b"kB", start)])
+
+
 def _libc_syncfs():  # type: ignore[no-untyped-def]
     try:
         function = ctypes.CDLL(None, use_errno=True).syncfs
@@ -257,8 +320,8 @@ class IncomingFile:
         """The whole file as written so far."""
         return self.path.read_bytes()
 
-    def fsync(self) -> None:
-        os.fsync(self._handle.fileno())
+    def datasync(self) -> None:
+        os.fdatasync(self._handle.fileno())  # the data and its size: all a reader needs
 
     def close(self) -> None:
         self._handle.close()
@@ -269,20 +332,29 @@ class IncomingFile:
         self.path.unlink(missing_ok=True)
 
 
+class Committed(NamedTuple):
+    """A file in its place; ``pending``: not durable until :meth:`Spool.sync` (which then also
+    flushes a database row written meanwhile on the same file system)."""
+
+    path: Path
+    pending: bool
+
+
 class Spool:
     """Durable storage of received instances under one root folder.
 
-    ``group_sync`` makes writes durable with a shared ``syncfs(2)`` (see the module docstring);
-    without it, or where syncfs does not exist, each file and its folder are fsynced.
+    ``fsync`` chooses how writes become durable (see the module docstring); where syncfs does not
+    exist, each file and its folder are flushed whatever the mode.
     """
 
-    def __init__(self, root: Path, min_free_bytes: int, *, group_sync: bool = False) -> None:
+    def __init__(self, root: Path, min_free_bytes: int, *, fsync: FsyncMode = "per_file") -> None:
         self.root = root
         self.min_free_bytes = min_free_bytes
         self._incoming = root / ".incoming"
         self._names = itertools.count()
         self._sync: FileSystemSync | None = None
-        if group_sync and FileSystemSync.available():
+        self._dirty = DirtyPages() if fsync == "auto" else None
+        if fsync != "per_file" and FileSystemSync.available():
             root.mkdir(parents=True, exist_ok=True)
             self._sync = FileSystemSync(root)
 
@@ -313,38 +385,47 @@ class Spool:
         except OSError as exc:
             raise _storage_error(exc, self._incoming / name) from exc
 
-    def commit(self, incoming: IncomingFile, header: InstanceHeader, *, sync: bool = True) -> Path:
-        """Move a received file to its place and return its path; the file is dropped on an error.
+    def commit(self, incoming: IncomingFile, header: InstanceHeader, *, sync: bool = True) -> Committed:
+        """Move a received file to its place; the file is dropped on an error.
 
         Re-writing an instance that is already stored replaces it atomically (a re-send). With
-        ``sync=False`` and group sync on, the file is in place but not yet durable: the caller
-        calls :meth:`sync` (after writing its database row, so one flush covers both).
+        ``sync=False`` a grouped flush is left to the caller (``pending``), who calls :meth:`sync`
+        after writing its database row, so one flush covers both.
         """
         path = self.path_for(header)
+        grouped = self._grouped_now(incoming.size)
         try:
-            if self._sync is None:
-                incoming.fsync()
+            if not grouped:
+                incoming.datasync()
             incoming.close()
             created = _replace(incoming.path, path)
-            if self._sync is None:
+            if not grouped:
                 for folder in (path.parent, *(created.parent for created in created)):
                     _fsync_dir(folder)
             elif sync:
-                self._sync.sync()
+                self.sync()
         except OSError as exc:
             incoming.discard()
             raise _storage_error(exc, path) from exc
-        return path
+        return Committed(path, pending=grouped and not sync)
 
-    def write(self, header: InstanceHeader, part10: bytes | bytearray, *, sync: bool = True) -> Path:
-        """Store a whole Part 10 byte string: :meth:`incoming`, write, :meth:`commit`."""
+    def _grouped_now(self, own_bytes: int) -> bool:
+        if self._sync is None:
+            return False
+        if self._dirty is None:
+            return True
+        waiting = self._dirty.waiting_bytes()
+        return waiting is not None and waiting - own_bytes <= QUIET_DIRTY_BYTES
+
+    def write(self, header: InstanceHeader, part10: bytes | bytearray) -> Path:
+        """Store a whole Part 10 byte string durably: :meth:`incoming`, write, :meth:`commit`."""
         incoming = self.incoming()
         try:
             incoming.write(part10)
         except StorageError:
             incoming.discard()
             raise
-        return self.commit(incoming, header, sync=sync)
+        return self.commit(incoming, header).path
 
     def remove_superseded(self, path: Path) -> None:
         """Remove the file an instance had before it was re-sent under another study or series
@@ -360,6 +441,29 @@ class Spool:
         for path in leftovers:
             path.unlink(missing_ok=True)
         return len(leftovers)
+
+    def stored_files(self) -> Iterator[tuple[str, Path]]:
+        """Every ``<study>/<series>/<sop>.dcm`` in the spool, as (series folder name, file)."""
+        for study in _folders(self.root):
+            for series in _folders(study):
+                for path in series.glob("*.dcm"):
+                    yield series.name, path
+
+    def take_clean_stop_mark(self) -> bool:
+        """Whether the last listener stopped cleanly (see :meth:`mark_clean_stop`); the mark is
+        removed, so a crash from now on is seen at the next start."""
+        mark = self._incoming / CLEAN_STOP_MARK
+        try:
+            mark.unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_dir(self._incoming)
+        return True
+
+    def mark_clean_stop(self) -> None:
+        """Record that every file in the spool has its row: no sweep is needed at the next start."""
+        self._incoming.mkdir(parents=True, exist_ok=True)
+        write_durably(self._incoming / CLEAN_STOP_MARK, b"")
 
     def _check_floor(self) -> None:
         if self.min_free_bytes and self.free_bytes() < self.min_free_bytes:
@@ -386,6 +490,13 @@ class Spool:
     def close(self) -> None:
         if self._sync is not None:
             self._sync.close()
+        if self._dirty is not None:
+            self._dirty.close()
+
+
+def _folders(parent: Path) -> Iterator[Path]:
+    if parent.is_dir():
+        yield from (entry for entry in parent.iterdir() if entry.is_dir() and not entry.name.startswith("."))
 
 
 def _storage_error(exc: OSError, path: Path) -> StorageError:

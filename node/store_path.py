@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from pynetdicom.pdu import A_ABORT_RQ
 
-from node.bounded_dul import BoundedDUL, lost_reason
+from node.bounded_dul import MAXIMUM_PDVS_PER_PDU, BoundedDUL, lost_reason
 from node.errors import InvalidInstance
 from node.pdata import (
     COMMAND,
@@ -280,7 +280,7 @@ class StoringDUL(BoundedDUL):
                 header = bytearray(PDU_HEADER.pack(P_DATA_TF, 0, remaining))  # what follows a last fragment
                 length = remaining
             body = self._read_exactly(length)
-            if body is None:
+            if body is None or self.too_many_items(body):
                 messages.abandon()
                 return
             try:
@@ -306,9 +306,12 @@ class StoringDUL(BoundedDUL):
         None when the association is ending (connection lost, protocol broken)."""
         sock: Any = self.socket
         item_header = self._chunk[:ITEM_HEADER.size]
-        remaining = length
+        remaining, items = length, 0
         while remaining:
             try:
+                items += 1
+                if items > MAXIMUM_PDVS_PER_PDU:
+                    raise ProtocolError(f"a P-DATA-TF PDU holds more than {MAXIMUM_PDVS_PER_PDU} PDV items")
                 if remaining < ITEM_HEADER.size:
                     raise ProtocolError(f"{remaining} bytes of a P-DATA-TF PDU are too few for a PDV item")
                 if sock.read_into(item_header) < ITEM_HEADER.size:

@@ -27,7 +27,7 @@ class ListenerNode:
     def __init__(self, root: Path, **node_config: Any) -> None:
         self.port = free_port()
         self.ae_title = AE_TITLE
-        self.spool = Spool(root / "spool", 0, group_sync=True)
+        self.spool = Spool(root / "spool", 0, fsync="grouped")
         self.db = Database(f"sqlite:///{root / 'radnode.db'}")
         self.db.create_schema()
         self.tracker = AssociationTracker()

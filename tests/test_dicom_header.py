@@ -12,13 +12,14 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
 
-from node.dicom_header import IDENTIFYING_KEYWORDS, scan_identifiers
+from node.dicom_header import IDENTIFYING_KEYWORDS, cut_short, scan_identifiers
 from node.errors import InvalidInstance
 from node.store import read_header
 from tests.conftest import DATA_DIR
@@ -112,3 +113,13 @@ def test_broken_data_sets_are_left_to_pydicom_and_refused(ct_slice: Dataset, cas
     assert scan_identifiers(data) is None
     with pytest.raises(InvalidInstance):
         read_header(data)
+
+
+def test_every_repository_file_is_whole_and_every_cut_of_one_is_seen() -> None:
+    for path in REAL_FILES:
+        data = path.read_bytes()
+        image = UID(pydicom.dcmread(path, stop_before_pixels=True).SOPClassUID).name.endswith("Image Storage")
+        assert cut_short(data, needs_pixel_data=image) is None, path
+    data = sorted((DATA_DIR / "ct_chest_lungdx_a0001").glob("*.dcm"))[0].read_bytes()
+    for cut in (1, 3, 7, 100, len(data) // 2, len(data) - 400):
+        assert cut_short(data[:-cut], needs_pixel_data=True) is not None, cut

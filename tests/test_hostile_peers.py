@@ -43,6 +43,7 @@ from tests.raw_peer import A_ABORT, A_ASSOCIATE_AC, Context, RawPeer, associate_
 NETWORK_TIMEOUT_S = 2.0
 MEMORY_BOUND = 64 << 20  # what one hostile connection may add to the listener's memory
 GOOD_PEER_S = 1.0  # a good peer's C-ECHO, while the hostile ones are connected
+ADMISSION_TRIES = 50  # every 0.1 s: connections that just closed end their threads first
 CONTEXTS = [Context(1, Verification), Context(3, CTImageStorage), Context(5, MRImageStorage)]
 
 
@@ -127,6 +128,33 @@ def test_a_p_data_pdu_longer_than_the_announced_maximum_is_aborted_before_its_bo
     assert _echo_seconds(node.port) < GOOD_PEER_S
 
 
+def _empty_pdvs(context_id: int, control: int) -> bytes:
+    """A 1 MiB P-DATA-TF of empty PDV items: 174,762 objects once decoded."""
+    count = ((1 << 20) - 6) // 6
+    return pdu(P_DATA_TF, (struct.pack(">LBB", 2, context_id, control)) * count)
+
+
+@pytest.mark.parametrize("inside_a_data_set", [False, True], ids=["between messages", "inside a data set"])
+def test_a_p_data_pdu_of_countless_empty_pdvs_is_aborted_for_it(
+    node, inside_a_data_set: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    before = _rss()
+    with RawPeer(node.port) as peer:
+        assert peer.associate(AE_TITLE, CONTEXTS) == {1, 3, 5}
+        if inside_a_data_set:
+            peer.send(p_data_tf([(3, COMMAND | LAST, store_request_command(1, CTImageStorage, "1.2.3.5"))]))
+        peer.send(_empty_pdvs(3, 0) if inside_a_data_set else _empty_pdvs(1, COMMAND))
+        answer = peer.read_pdu()
+        assert answer is not None and answer[0] == A_ABORT, answer
+        assert peer.closed_within(NETWORK_TIMEOUT_S + 5) is not None
+    assert _rss() - before < MEMORY_BOUND
+    assert _echo_seconds(node.port) < GOOD_PEER_S
+    assert "1.2.3.5" not in node.stored_uids()
+    lines = [record.getMessage() for record in caplog.records]
+    assert any("more than 128 PDV items" in line for line in lines), lines
+
+
 # --- time: a stall anywhere ends the association after the network timeout ------------------------
 
 def _stall_before_associating(peer: RawPeer) -> None:
@@ -189,6 +217,22 @@ def test_after_a_protocol_error_the_rest_of_the_connection_is_dropped_with_one_l
     assert _echo_seconds(node.port) < GOOD_PEER_S
 
 
+def test_connections_that_never_associate_are_capped_and_their_slots_come_back_when_they_close(
+    tmp_path: Path,
+) -> None:
+    with InProcessNode(tmp_path, network_timeout_seconds=30, max_associations=1) as small:
+        idle = [RawPeer(small.port) for _ in range(2)]  # 2 × max_associations: all the slots
+        try:
+            time.sleep(0.5)
+            with RawPeer(small.port) as extra:
+                assert extra.closed_within(5) is not None, "a third unassociated connection was taken on"
+        finally:
+            for peer in idle:
+                peer.close()
+        # the idle ones are gone: their slots are free at once, not after the 30 s network timeout
+        _admitted(small.port).close()
+
+
 # --- integrity: a C-STORE only on its own presentation context ------------------------------------
 
 def test_a_store_on_a_context_negotiated_for_another_class_is_refused_and_not_stored(
@@ -203,6 +247,30 @@ def test_a_store_on_a_context_negotiated_for_another_class_is_refused_and_not_st
         assert ds.SOPInstanceUID not in node.stored_uids()
         assert peer.store(3, command, data_set) == StoreStatus.SUCCESS  # CT Image: its own
     assert ds.SOPInstanceUID in node.stored_uids()
+
+
+def _before_pixel_data(ds: pydicom.Dataset) -> bytes:
+    without = copy.deepcopy(ds)
+    del without.PixelData
+    return _explicit_le(without)
+
+
+@pytest.mark.parametrize("cut", ["inside the pixel data", "before the pixel data"])
+def test_a_data_set_flagged_complete_before_its_end_is_refused_and_not_stored(
+    node, chest_ct_dir: Path, cut: str
+) -> None:
+    ds, data_set = _ct_data_set(chest_ct_dir)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["cut", cut])
+    whole = _explicit_le(ds)
+    sent = whole[: len(whole) - 1000] if cut == "inside the pixel data" else _before_pixel_data(ds)
+    command = store_request_command(11, CTImageStorage, ds.SOPInstanceUID)
+    with RawPeer(node.port) as peer:
+        assert peer.associate(AE_TITLE, CONTEXTS) == {1, 3, 5}
+        assert peer.store(3, command, sent) == StoreStatus.CANNOT_DECODE  # the last fragment came early
+        assert peer.store(3, command, whole) == StoreStatus.SUCCESS  # the same association goes on
+    assert ds.SOPInstanceUID in node.stored_uids()
+    stored = node.spool.path_for(read_header_of(ds))
+    assert stored.read_bytes().endswith(whole), "what was stored is not the whole instance"
 
 
 # --- memory: a deflated data set is inflated as a stream, within node.max_inflated_mb -------------
@@ -310,7 +378,7 @@ def _hostile_pdu(draw: st.DrawFn, store_command: bytes) -> bytes:
 def _admitted(port: int) -> RawPeer:
     """A peer whose association was accepted: the previous examples' connections may still be
     ending (the listener counts them against node.max_associations for a moment)."""
-    for _ in range(50):
+    for _ in range(ADMISSION_TRIES):
         peer = RawPeer(port)
         peer.send(associate_rq(AE_TITLE, "FUZZER", CONTEXTS))
         answer = peer.read_pdu()
@@ -318,7 +386,7 @@ def _admitted(port: int) -> RawPeer:
             return peer
         peer.close()
         time.sleep(0.1)
-    raise AssertionError("the listener admitted no association for 5 s")
+    raise AssertionError(f"the listener admitted no association for {ADMISSION_TRIES / 10} s")
 
 
 def test_fuzzed_pdu_streams_leave_the_listener_serving_bounded_and_consistent(node) -> None:
