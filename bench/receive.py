@@ -27,7 +27,8 @@ Two references frame radnode's rate in the same run:
   acknowledges only what is on disk, flushing this way, can beat it;
 - a **busy disk**: the three receivers again while an unrelated process writes to the same file
   system without pause (1 MiB buffered writes, rewriting a 1 GiB file, as a copy or backup would), and
-  each receiver's loss against its own quiet rate.
+  each receiver's loss against its own quiet rate. Every quiet run comes first: after a busy run the
+  disk stays slow for a while (write-back, discards of the freed blocks).
 """
 
 from __future__ import annotations
@@ -317,38 +318,68 @@ def main() -> None:
         print(f"{'case':<5} {'run':>3} {'disk':<5} {'storescp/s':>10} {'orthanc/s':>10} {'radnode/s':>10} "
               f"{'rn/orth':>8} {'rn/scp':>7} {'limit/s':>8} {'rn/limit':>8} {'radnode×4/s':>11}"
               f"   CPU ms/instance: scp orthanc radnode")
+        # every quiet run first: a busy run leaves the disk busy for a while after its writer stops
+        runs = {name: _quiet_runs(name, cases[name], cases["ct-4" if name == "ct" else "mr"], workdir,
+                                  args) for name in args.cases}
         for name in args.cases:
-            _run_case(name, cases[name], cases["ct-4" if name == "ct" else "mr"], workdir, args)
+            _busy_runs(name, cases[name], workdir, args, runs[name])
+        for name in args.cases:
+            _summary(name, cases[name], runs[name])
         print(f"load after: {os.getloadavg()[0]:.2f} (1 min)")
 
 
-def _run_case(name: str, case: Case, parallel: Case, workdir: Path, args: argparse.Namespace) -> None:
-    ratios: dict[str, list[float]] = {key: [] for key in ("orth", "scp", "limit")}
-    losses: dict[str, list[float]] = {"storescp": [], "orthanc": [], "radnode": []}
+@dataclass
+class Runs:
+    """One case's figures, run by run."""
+
+    quiet: list[dict[str, float]]
+    busy: list[dict[str, float]]
+    limit: list[float]
+
+
+def _quiet_runs(name: str, case: Case, parallel: Case, workdir: Path, args: argparse.Namespace) -> Runs:
+    runs = Runs([], [], [])
     for run in range(1, args.runs + 1):
         rates, cpu_ms = run_once(case, workdir, args.fsync)
         limit = durable_limit(case, Path(tempfile.mkdtemp(prefix="limit-", dir=workdir)), args.fsync)
         par = run_parallel(parallel, workdir, args.fsync)
-        busy, busy_cpu = run_once(case, workdir, args.fsync, busy=True)
-        ratios["orth"].append(rates["radnode"] / rates["orthanc"])
-        ratios["scp"].append(rates["radnode"] / rates["storescp"])
-        ratios["limit"].append(rates["radnode"] / limit)
-        for receiver, loss in losses.items():
-            loss.append(1 - busy[receiver] / rates[receiver])
-        for disk, got, cpu, extra in (
-            ("quiet", rates, cpu_ms, f"{limit:>8.1f} {ratios['limit'][-1]:>8.2f} {par:>11.1f}"),
-            ("busy", busy, busy_cpu, f"{'':>8} {'':>8} {'':>11}"),
-        ):
-            print(f"{name:<5} {run:>3} {disk:<5} {got['storescp']:>10.1f} {got['orthanc']:>10.1f} "
-                  f"{got['radnode']:>10.1f} {got['radnode'] / got['orthanc']:>8.2f} "
-                  f"{got['radnode'] / got['storescp']:>7.2f} {extra}   {cpu['storescp']:.2f} "
-                  f"{cpu['orthanc']:.2f} {cpu['radnode']:.2f}  load {os.getloadavg()[0]:.1f}", flush=True)
-        print(f"{name:<5} {run:>3} loss from the busy disk: " + ", ".join(
-            f"{receiver} {loss[-1]:.0%}" for receiver, loss in losses.items()), flush=True)
+        runs.quiet.append(rates)
+        runs.limit.append(limit)
+        _print_run(name, run, "quiet", rates, cpu_ms,
+                   f"{limit:>8.1f} {rates['radnode'] / limit:>8.2f} {par:>11.1f}")
+    return runs
+
+
+def _busy_runs(name: str, case: Case, workdir: Path, args: argparse.Namespace, runs: Runs) -> None:
+    for run in range(1, args.runs + 1):
+        rates, cpu_ms = run_once(case, workdir, args.fsync, busy=True)
+        runs.busy.append(rates)
+        _print_run(name, run, "busy", rates, cpu_ms, f"{'':>8} {'':>8} {'':>11}")
+
+
+def _print_run(
+    name: str, run: int, disk: str, got: dict[str, float], cpu: dict[str, float], extra: str
+) -> None:
+    print(f"{name:<5} {run:>3} {disk:<5} {got['storescp']:>10.1f} {got['orthanc']:>10.1f} "
+          f"{got['radnode']:>10.1f} {got['radnode'] / got['orthanc']:>8.2f} "
+          f"{got['radnode'] / got['storescp']:>7.2f} {extra}   {cpu['storescp']:.2f} "
+          f"{cpu['orthanc']:.2f} {cpu['radnode']:.2f}  load {os.getloadavg()[0]:.1f}", flush=True)
+
+
+def _summary(name: str, case: Case, runs: Runs) -> None:
     median = statistics.median
-    print(f"{name:<5} median rn/orth {median(ratios['orth']):.2f}, rn/scp {median(ratios['scp']):.2f}, "
-          f"rn/limit {median(ratios['limit']):.2f}; busy-disk loss " + ", ".join(
-              f"{receiver} {median(loss):.0%}" for receiver, loss in losses.items())
+
+    def rate(kind: list[dict[str, float]], receiver: str) -> float:
+        return median(run[receiver] for run in kind)
+
+    quiet_rn = [run["radnode"] for run in runs.quiet]
+    print(f"{name:<5} medians: radnode {rate(runs.quiet, 'radnode'):.1f}/s; rn/orth "
+          f"{median(r / run['orthanc'] for r, run in zip(quiet_rn, runs.quiet)):.2f}, rn/scp "
+          f"{median(r / run['storescp'] for r, run in zip(quiet_rn, runs.quiet)):.2f}, rn/limit "
+          f"{median(r / limit for r, limit in zip(quiet_rn, runs.limit)):.2f}; busy-disk loss (median busy "
+          "rate against median quiet rate) " + ", ".join(
+              f"{receiver} {1 - rate(runs.busy, receiver) / rate(runs.quiet, receiver):.0%}"
+              for receiver in ("storescp", "orthanc", "radnode"))
           + f"  ({case.megabytes:.0f} MB, {len(case.files)} instances)", flush=True)
 
 

@@ -1,14 +1,17 @@
 """The ``radnode`` command.
 
 Exit codes: 0 success; 1 the command ran and failed (e.g. a send was refused); 2 the
-configuration or the command line is wrong (the message names the key or option).
+configuration or the command line is wrong (the message names the key or option); 141 the reader
+of the output went away (``radnode status | head``), as for any command killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +26,7 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE
 DEFAULT_CONFIG = Path("/etc/radnode/radnode.yaml")
 SYSTEMD_UNITS_DIR = Path(__file__).resolve().parent.parent / "systemd"
 DEFAULT_UNIT_DEST = Path("/etc/systemd/system")
@@ -43,8 +47,9 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="radnode",
         description="A DICOM node that runs AI pipelines on studies routed from a PACS and "
         "sends the results back as DICOM SEG and SR.",
-        epilog="Exit codes: 0 ok, 1 failed, 2 bad configuration or usage.",
+        epilog="Exit codes: 0 ok, 1 failed, 2 bad configuration or usage, 141 output closed early.",
     )
+    parser.add_argument("--version", action="version", version=_version_line())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
@@ -83,7 +88,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="What arrived, what ran, and what was delivered, newest study first.",
     )
     _config_argument(status)
-    status.add_argument("--limit", type=int, default=20, help="number of studies (default 20)")
+    status.add_argument("--limit", type=_at_least_one, default=20, metavar="N",
+                        help="number of studies, newest first (default 20)")
     status.add_argument("--study", metavar="UID", help="only the study with this StudyInstanceUID")
     status.add_argument(
         "--failed", action="store_true", help="only studies with a failed job or a failed delivery"
@@ -164,6 +170,27 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version_line() -> str:
+    """radnode's version and those of the DICOM libraries it runs on (what a support call asks)."""
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+    parts = ", ".join(f"{name} {of(name)}" for name in ("pynetdicom", "pydicom", "highdicom"))
+    return f"radnode {of('radnode')} ({parts})"
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return number
+
+
 def _since(text: str) -> datetime:
     from node.status import parse_since
 
@@ -174,6 +201,15 @@ def _since(text: str) -> datetime:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # what was printed went nowhere; point stdout at /dev/null so the exit's flush is quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "install-units":
         return _install_units(args.dest, reload=not args.no_reload)

@@ -91,6 +91,14 @@ def _refused(code: StoreStatus, comment: str) -> tuple[int, str]:
     return int(code), comment[:_ERROR_COMMENT_MAX]
 
 
+def _log_accepted(event: evt.Event) -> None:
+    """One INFO line per association admitted (rejections are logged where they are decided)."""
+    requestor = event.assoc.requestor
+    log.info("association accepted calling_ae=%s address=%s called_ae=%s contexts=%d",
+             requestor.ae_title, requestor.address, str(requestor.primitive.called_ae_title).strip(),
+             len(event.assoc.accepted_contexts))
+
+
 class Listener:
     """A pynetdicom SCP bound to the configured address and port."""
 
@@ -139,6 +147,7 @@ class Listener:
             (evt.EVT_ABORTED, self._on_end),
             (evt.EVT_CONN_CLOSE, self._on_end),
             (evt.EVT_REJECTED, lambda event: ASSOCIATIONS_REJECTED.inc()),
+            (evt.EVT_ACCEPTED, _log_accepted),
             (evt.EVT_REQUESTED, AccessPolicy(self.config.allowed_callers).on_requested),
         ]
         tls = server_context(self.config.tls) if self.config.tls is not None else None

@@ -20,7 +20,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage
+from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import select
 
 from node.config import NodeConfig
@@ -419,3 +419,16 @@ def test_received_file_begins_byte_for_byte_as_pynetdicom_would_write_it(
         create_file_meta(sop_class_uid=CTImageStorage, sop_instance_uid=sop_instance, transfer_syntax=syntax)
     )
     assert PREAMBLE + file_meta(CTImageStorage, sop_instance, syntax) == expected
+
+
+def test_each_admitted_association_is_logged_once_with_its_caller(
+    node: _Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="radnode.listener"):
+        ae = AE(ae_title="CT_SCANNER")
+        ae.add_requested_context(Verification)
+        association = ae.associate("127.0.0.1", node.port, ae_title="RADNODE")
+        assert association.send_c_echo().Status == 0
+        association.release()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("association accepted")]
+    assert lines == ["association accepted calling_ae=CT_SCANNER address=127.0.0.1 called_ae=RADNODE contexts=1"]

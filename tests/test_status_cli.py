@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
@@ -162,3 +165,28 @@ def test_status_on_a_database_that_cannot_be_opened_says_which_with_exit_code_1(
     assert done.returncode == 1
     assert "cannot open the database" in done.stderr and "never/created/radnode.db" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_status_into_a_reader_that_went_away_exits_141_without_a_traceback(site: Site) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "status", "--config", str(site.config_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ) as reader_gone:
+        assert reader_gone.stdout is not None and reader_gone.stderr is not None
+        reader_gone.stdout.close()  # `| head` that has read its lines
+        stderr = reader_gone.stderr.read().decode()
+        assert reader_gone.wait(timeout=60) == 141, stderr
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "many"])
+def test_status_refuses_a_limit_that_is_not_a_positive_whole_number(site: Site, limit: str) -> None:
+    code, out, err = site.run("status", "--limit", limit)
+    assert code == 2 and out == ""
+    assert "--limit" in err and "not a whole number of at least 1" in err
+
+
+def test_version_names_radnode_and_the_dicom_libraries_it_runs_on() -> None:
+    done = radnode_cli("--version")
+    assert done.returncode == 0
+    assert re.fullmatch(r"radnode \S+ \(pynetdicom \S+, pydicom \S+, highdicom \S+\)\n", done.stdout), done.stdout
