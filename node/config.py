@@ -7,10 +7,11 @@ folder of the configuration file, so a config works wherever the node is started
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -594,6 +595,52 @@ def _line_index(node: yaml.Node, path: tuple[str | int, ...] = ()) -> dict[tuple
     return lines
 
 
+def _duplicate_keys(node: yaml.Node | None, source: str, path: tuple[str | int, ...] = ()) -> list[str]:
+    """Every key given twice in one mapping (YAML keeps the last one silently)."""
+    problems: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[object, int] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            key = ".".join(str(part) for part in (*path, key_node.value))
+            if key_node.value in first_line:
+                problems.append(f"{source}:{line}: {key}: given twice (first on line "
+                                f"{first_line[key_node.value]}); YAML would keep only this one")
+            first_line.setdefault(key_node.value, line)
+            problems += _duplicate_keys(value_node, source, (*path, key_node.value))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            problems += _duplicate_keys(item, source, (*path, index))
+    return problems
+
+
+def _did_you_mean(loc: tuple[str | int, ...]) -> str:
+    """", did you mean X?" for an unknown key close to one the section has, else ""."""
+    model: type[BaseModel] | None = Config
+    for part in loc[:-1]:
+        if model is None:
+            return ""
+        if part in model.model_fields:
+            model = _inner_model(model.model_fields[str(part)].annotation)
+        # else a key of a dict (a destination's name) or an index of a list: the same model
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    """The model class inside an annotation (``X``, ``X | None``, ``dict[str, X]``, ``list[X]``,
+    ``Annotated[X, …]``), or None when it holds none."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in reversed(get_args(annotation)):  # dict[str, X]: the value type is last
+        inner = _inner_model(argument)
+        if inner is not None:
+            return inner
+    return None
+
+
 def _where(source: str, lines: dict[tuple, int], loc: tuple[str | int, ...]) -> str:
     for end in range(len(loc), -1, -1):
         if loc[:end] in lines:
@@ -606,10 +653,18 @@ def parse_config(text: str, *, base: Path, source: str = "<config>") -> Config:
     try:
         document = yaml.compose(text)
         data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        raise ConfigError([f"{where}: not valid YAML: {exc.problem}"
+                           + (f" ({exc.context})" if exc.context else "")]) from exc
     except yaml.YAMLError as exc:
         raise ConfigError([f"{source}: not valid YAML: {exc}"]) from exc
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the file must be a YAML mapping of sections (node, storage, …)"])
+    duplicates = _duplicate_keys(document, source)
+    if duplicates:
+        raise ConfigError(duplicates)
     lines = _line_index(document) if document is not None else {}
     _resolve_paths(data, base)
     try:
@@ -625,7 +680,7 @@ def parse_config(text: str, *, base: Path, source: str = "<config>") -> Config:
             else:
                 message = error["msg"].removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
-                message = "unknown key"
+                message = "unknown key" + _did_you_mean(loc)
             key = ".".join(str(part) for part in loc) or "(top level)"
             problems.append(f"{_where(source, lines, loc)}: {key}: {message}")
         raise ConfigError(problems) from exc

@@ -14,16 +14,17 @@ is inflated here as a stream (:func:`inflated_head`), never whole, as pydicom wo
 from __future__ import annotations
 
 import functools
+import mmap
 import struct
 import zlib
-import mmap
+from typing import NamedTuple
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.uid import UID, ImplicitVRLittleEndian
 
 __all__ = [
-    "IDENTIFYING_KEYWORDS", "InflatesPastCeiling", "cut_short", "inflated_head", "scan_data_set",
-    "scan_identifiers",
+    "IDENTIFYING_KEYWORDS", "InflatesPastCeiling", "Resume", "cut_short", "inflated_head", "scan_data_set",
+    "scan_identifiers", "scan_identifiers_resumable",
 ]
 
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
@@ -59,7 +60,7 @@ _MAX_NESTING = 16
 _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
 _HEADER = struct.Struct("<HH")
-_SHORT_LENGTH = struct.Struct("<H")
+_EXPLICIT_HEADER = struct.Struct("<HH2sH")  # tag, VR, a short length (or the reserved bytes)
 _LONG_LENGTH = struct.Struct("<L")
 
 
@@ -71,12 +72,25 @@ class _PastEnd(_Unsure):
     """A length or header runs past the end of the bytes."""
 
 
+class Resume(NamedTuple):
+    """Where :func:`scan_identifiers` stopped: :func:`cut_short` walks on from there."""
+
+    position: int
+    previous_tag: int
+
+
 def scan_identifiers(part10: bytes | bytearray) -> dict[str, str] | None:
     """The identifying attributes present in a Part 10 byte string, as text (``None``: ask pydicom).
 
     Values are the raw bytes decoded as Latin-1 with padding stripped, as the receive path has
     always read them; validation is the caller's.
     """
+    scanned = scan_identifiers_resumable(part10)
+    return None if scanned is None else scanned[0]
+
+
+def scan_identifiers_resumable(part10: bytes | bytearray) -> tuple[dict[str, str], Resume] | None:
+    """:func:`scan_identifiers`, and where it stopped (a prefix of a file is enough)."""
     try:
         position, implicit = _little_endian_data_set(part10)
         return _read_identifiers(part10, position, implicit)
@@ -99,7 +113,7 @@ def _little_endian_data_set(part10: bytes | bytearray | mmap.mmap) -> tuple[int,
 def scan_data_set(data_set: bytes | bytearray, implicit: bool = False) -> dict[str, str] | None:
     """The identifying attributes of a little endian data set without a file meta (``None``: unsure)."""
     try:
-        return _read_identifiers(data_set, 0, implicit)
+        return _read_identifiers(data_set, 0, implicit)[0]
     except (_Unsure, struct.error, ValueError):
         return None
 
@@ -128,18 +142,23 @@ def inflated_head(part10: bytes | bytearray, ceiling: int) -> bytes | None:
     return head
 
 
-def cut_short(part10: bytes | bytearray | mmap.mmap, *, needs_pixel_data: bool) -> str | None:
+def cut_short(
+    part10: bytes | bytearray | mmap.mmap, *, needs_pixel_data: bool, resume: Resume | None = None
+) -> str | None:
     """Why a little endian Part 10 instance was cut short: it ends inside an element, or (with
     ``needs_pixel_data``, for image classes) before any pixel data. ``None``: it is whole, or the
     scan is unsure (deflated, big endian, an unknown VR).
 
     A sender that flags the last fragment early, or a connection cut at a PDU boundary, leaves a
     data set that pydicom (and every listener that does not look) stores as if it were whole. Only
-    element headers are read; values are skipped by their length, sequences item by item.
+    element headers are read; values are skipped by their length, sequences item by item, from
+    where ``resume`` says the identifier scan of the same bytes stopped (before any pixel data).
     """
     try:
         position, implicit = _little_endian_data_set(part10)
         previous, pixels = -1, False
+        if resume is not None:
+            position, previous = resume
         while position < len(part10):
             if len(part10) - position < 8:
                 return f"{len(part10) - position} byte(s) after {_tag_text(previous)}, too few for an element"
@@ -194,7 +213,7 @@ def _read_meta(data: bytes, position: int) -> tuple[str, int]:
     return syntax, position
 
 
-def _read_identifiers(data: bytes, position: int, implicit: bool) -> dict[str, str]:
+def _read_identifiers(data: bytes, position: int, implicit: bool) -> tuple[dict[str, str], Resume]:
     values: dict[str, str] = {}
     previous = -1
     while position < len(data):
@@ -213,20 +232,19 @@ def _read_identifiers(data: bytes, position: int, implicit: bool) -> dict[str, s
         position = value + length
     if not values.keys() >= _REQUIRED:
         raise _Unsure  # let pydicom read the whole data set and word the refusal
-    return values
+    return values, Resume(position, previous)
 
 
 def _element(data: bytes, position: int, implicit: bool) -> tuple[int, bytes, int, int]:
     """(tag, VR or b"", value offset, value length) of the element header at ``position``."""
-    group, number = _HEADER.unpack_from(data, position)
+    group, number, vr, short = _EXPLICIT_HEADER.unpack_from(data, position)
     tag = group << 16 | number
     if implicit or group == 0xFFFE:  # items and delimiters have no VR (PS3.5 7.5)
         return tag, b"", position + 8, _LONG_LENGTH.unpack_from(data, position + 4)[0]
-    vr = bytes(data[position + 4:position + 6])
     if vr in _LONG_VRS:
         return tag, vr, position + 12, _LONG_LENGTH.unpack_from(data, position + 8)[0]
     if vr in _SHORT_VRS:
-        return tag, vr, position + 8, _SHORT_LENGTH.unpack_from(data, position + 6)[0]
+        return tag, vr, position + 8, short
     raise _Unsure
 
 

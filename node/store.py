@@ -33,6 +33,7 @@ import re
 import shutil
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from io import BytesIO
@@ -47,10 +48,12 @@ from pydicom.uid import UID
 from node.dicom_header import (
     IDENTIFYING_KEYWORDS,
     InflatesPastCeiling,
+    Resume,
     cut_short,
     inflated_head,
     scan_data_set,
     scan_identifiers,
+    scan_identifiers_resumable,
 )
 from node.errors import DataSetTooLarge, InvalidInstance, OutOfSpace, StorageError
 
@@ -62,6 +65,7 @@ __all__ = [
 FsyncMode = Literal["auto", "grouped", "per_file"]
 QUIET_DIRTY_BYTES = 4 << 20  # more waiting than this costs more to flush than two per-file flushes
 CLEAN_STOP_MARK = "clean-stop"
+DIRTY_PAGES_MAX_AGE_S = 0.02
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # leading zeros are wrong, but seen from modalities
 UID_MAX_LENGTH = 64
@@ -124,9 +128,10 @@ def read_incoming_header(incoming: IncomingFile, max_inflated_bytes: int) -> Ins
     finds the attributes there (nearly always), else from the whole file, read back. A deflated
     data set is inflated as a stream, never whole (pydicom would), within ``max_inflated_bytes``.
     """
-    scanned = scan_identifiers(incoming.head)
+    scanned = scan_identifiers_resumable(incoming.head)
     if scanned is not None:
-        return _header(scanned)
+        incoming.scanned_to = scanned[1]
+        return _header(scanned[0])
     part10 = incoming.read_back()
     try:
         head = inflated_head(part10, max_inflated_bytes)
@@ -176,10 +181,13 @@ def _integer_string(text: str | None) -> int | None:
 def check_whole(incoming: IncomingFile, sop_class_uid: str) -> None:
     """Raise InvalidInstance when a received data set was cut short (:func:`cut_short`): it was
     flagged complete inside an element, or an image came without its pixel data."""
-    if incoming.size == 0:
-        return  # read_incoming_header has refused it already
-    with open(incoming.path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        problem = cut_short(data, needs_pixel_data=_is_image_class(sop_class_uid))
+    needs_pixel_data = _is_image_class(sop_class_uid)
+    if incoming.size <= len(incoming.head):  # all of it is in memory already
+        problem = cut_short(incoming.head, needs_pixel_data=needs_pixel_data, resume=incoming.scanned_to)
+    else:
+        with open(incoming.path, "rb") as handle, \
+                mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            problem = cut_short(data, needs_pixel_data=needs_pixel_data, resume=incoming.scanned_to)
     if problem is not None:
         raise InvalidInstance(f"the data set was cut short: {problem}", undecodable=True)
 
@@ -250,16 +258,25 @@ class FileSystemSync:
 
 class DirtyPages:
     """Bytes the kernel still has to write back (``Dirty`` + ``Writeback`` in ``/proc/meminfo``), all
-    file systems together: a ``syncfs`` of the spool waits for its share of them."""
+    file systems together: a ``syncfs`` of the spool waits for its share of them. Read at most every
+    :data:`DIRTY_PAGES_MAX_AGE_S`: a disk's state changes over tens of milliseconds, not per instance."""
 
     def __init__(self) -> None:
         try:
             self._fd: int | None = os.open("/proc/meminfo", os.O_RDONLY)
         except OSError:
             self._fd = None
+        self._read_at = -DIRTY_PAGES_MAX_AGE_S
+        self._waiting: int | None = None
 
     def waiting_bytes(self) -> int | None:
         """The bytes waiting, or None where the kernel does not say."""
+        now = time.monotonic()
+        if now - self._read_at >= DIRTY_PAGES_MAX_AGE_S:
+            self._read_at, self._waiting = now, self._read()
+        return self._waiting
+
+    def _read(self) -> int | None:
         if self._fd is None:
             return None
         try:
@@ -298,6 +315,7 @@ class IncomingFile:
         self.path = path
         self.size = 0
         self.head = bytearray()
+        self.scanned_to: Resume | None = None  # where read_incoming_header's scan of the head stopped
         self._handle = open(path, "xb", buffering=0)  # noqa: SIM115 - closed by commit or discard
 
     def write(self, data: bytes | bytearray | memoryview) -> None:

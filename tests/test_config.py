@@ -134,3 +134,31 @@ def test_every_command_is_documented_in_help() -> None:
         assert command in result.stdout
         sub = radnode_cli(command, "--help")
         assert sub.returncode == 0 and "--config" in sub.stdout or command == "config"
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path: Path) -> None:
+    path = _write(tmp_path, CONTRACT + "node: {ae_title: SECOND}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    last = len(CONTRACT.splitlines()) + 1
+    assert caught.value.problems == [
+        f"{path}:{last}: node: given twice (first on line 1); YAML would keep only this one"
+    ]
+
+
+@pytest.mark.parametrize(("typo", "said"), [
+    ("retention_dys: 3", "storage.retention_dys: unknown key; did you mean 'retention_days'?"),
+    ("colour: red", "storage.colour: unknown key"),
+])
+def test_an_unknown_key_suggests_the_key_it_resembles(tmp_path: Path, typo: str, said: str) -> None:
+    path = _write(tmp_path, CONTRACT.replace("  path: ./var/spool\n", f"  path: ./var/spool\n  {typo}\n"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert [problem.split(": ", 1)[1] for problem in caught.value.problems] == [said]
+
+
+def test_a_yaml_syntax_error_is_reported_as_file_line_and_column(tmp_path: Path) -> None:
+    path = _write(tmp_path, "storage:\n  path: [./spool\ndatabase: {url: 'sqlite:///x'}\n")
+    result = radnode_cli("config", "check", str(path))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"{path}:3:9: not valid YAML: "), result.stderr
