@@ -169,7 +169,8 @@ class ReceivingAssociation(Association):
     def hold_negotiation_slot(self, slot: threading.BoundedSemaphore) -> None:
         self._negotiation_slot = slot
 
-    def _leave_negotiation(self) -> None:
+    def leave_negotiation(self) -> None:
+        """Give the slot back (once, whoever calls first)."""
         slot, self._negotiation_slot = self._negotiation_slot, None
         if slot is not None:
             slot.release()
@@ -180,7 +181,7 @@ class ReceivingAssociation(Association):
         try:
             super().run()
         finally:
-            self._leave_negotiation()
+            self.leave_negotiation()
 
     def _next_message(self) -> tuple[Any, Any]:
         try:
@@ -193,7 +194,7 @@ class ReceivingAssociation(Association):
         DIMSE message queue; every check it makes (release, abort, DUL alive, network timeout)
         is made in the same order, on each wake-up and at least every :data:`ASSOCIATION_CHECK_SECONDS`.
         """
-        self._leave_negotiation()  # established
+        self.leave_negotiation()  # established
         self._is_paused = False
         while not self._kill:
             # other threads pause the reactor (send_*() from an acceptor) through this checkpoint
@@ -299,7 +300,15 @@ class _ReceivingRequestHandler(RequestHandler):
             self._close(connection)
             return
         self._negotiating = negotiating
-        super().handle()
+        self._holder: ReceivingAssociation | None = None
+        try:
+            super().handle()
+        except Exception:  # the association did not start: nobody else gives the slot back
+            if self._holder is None:
+                negotiating.release()
+            elif not self._holder.is_alive():
+                self._holder.leave_negotiation()
+            raise
 
     def _shake_hands(self, connection: ssl.SSLSocket) -> bool:
         try:
@@ -318,7 +327,8 @@ class _ReceivingRequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         assoc.__class__ = ReceivingAssociation
-        cast(ReceivingAssociation, assoc).hold_negotiation_slot(self._negotiating)
+        self._holder = cast(ReceivingAssociation, assoc)
+        self._holder.hold_negotiation_slot(self._negotiating)
         sock = cast(ReceivingSocket, assoc.dul.socket)
         sock.__class__ = ReceivingSocket
         sock.enable_wakeup()
