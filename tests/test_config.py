@@ -162,3 +162,8 @@ def test_a_yaml_syntax_error_is_reported_as_file_line_and_column(tmp_path: Path)
     result = radnode_cli("config", "check", str(path))
     assert result.returncode == 2
     assert result.stderr.startswith(f"{path}:3:9: not valid YAML: "), result.stderr
+
+
+def test_the_demo_configuration_listens_on_this_machine_only() -> None:
+    # the README's first command runs it: nobody on the network should reach a demo node
+    assert load_config(REPO / "config" / "radnode.yaml").node.bind_address == "127.0.0.1"
