@@ -81,15 +81,15 @@ class Loop:
             raise OSError(ctypes.get_errno(), "syncfs failed")
 
     def _fdatasync(self, fd: int, part: Path, final: Path, folder: int, wal: int) -> None:
-        os.fdatasync(fd)
-        os.close(fd)
-        os.replace(part, final)
-        os.fsync(folder)
-        self._page(wal)
-        os.fdatasync(wal)
+        self._per_file(os.fdatasync, fd, part, final, folder, wal)
 
     def _fsync(self, fd: int, part: Path, final: Path, folder: int, wal: int) -> None:
-        os.fsync(fd)
+        self._per_file(os.fsync, fd, part, final, folder, wal)
+
+    def _per_file(
+        self, flush: Callable[[int], None], fd: int, part: Path, final: Path, folder: int, wal: int
+    ) -> None:
+        flush(fd)
         os.close(fd)
         os.replace(part, final)
         os.fsync(folder)

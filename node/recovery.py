@@ -21,7 +21,6 @@ not stop cleanly (the spool's clean-stop mark).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,9 +105,6 @@ def _put_right(path: Path, series_known: bool, catalog: Catalog, done: Recovery)
 
 
 def _remove(path: Path, why: str, done: Recovery) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    path.unlink(missing_ok=True)
     log.info("removed a spool file without a row path=%s (%s)", path, why)
     done.orphans_removed += 1
