@@ -53,8 +53,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
 from node.config import StorageConfig
-from node.store import FsyncMode
 from node.db import Database, Instance, Series, Study
+from node.store import FsyncMode
 from tests.dcmtk import STORESCU, StoreSCP, dcmtk_env
 from tests.dicom_files import dicom_files_under
 from tests.node_process import RadnodeProcess
@@ -374,10 +374,10 @@ def _summary(name: str, case: Case, runs: Runs) -> None:
 
     quiet_rn = [run["radnode"] for run in runs.quiet]
     print(f"{name:<5} medians: radnode {rate(runs.quiet, 'radnode'):.1f}/s; rn/orth "
-          f"{median(r / run['orthanc'] for r, run in zip(quiet_rn, runs.quiet)):.2f}, rn/scp "
-          f"{median(r / run['storescp'] for r, run in zip(quiet_rn, runs.quiet)):.2f}, rn/limit "
-          f"{median(r / limit for r, limit in zip(quiet_rn, runs.limit)):.2f}; busy-disk loss (median busy "
-          "rate against median quiet rate) " + ", ".join(
+          f"{median(r / run['orthanc'] for r, run in zip(quiet_rn, runs.quiet, strict=True)):.2f}, rn/scp "
+          f"{median(r / run['storescp'] for r, run in zip(quiet_rn, runs.quiet, strict=True)):.2f}, rn/limit "
+          f"{median(r / limit for r, limit in zip(quiet_rn, runs.limit, strict=True)):.2f}; "
+          "busy-disk loss (median busy rate against median quiet rate) " + ", ".join(
               f"{receiver} {1 - rate(runs.busy, receiver) / rate(runs.quiet, receiver):.0%}"
               for receiver in ("storescp", "orthanc", "radnode"))
           + f"  ({case.megabytes:.0f} MB, {len(case.files)} instances)", flush=True)

@@ -97,9 +97,19 @@ def render_slice(
     return np.rint(rgb).astype(np.uint8)
 
 
-def _patient_orientation(header: pydicom.Dataset) -> tuple[str, str]:
+def _plane(header: pydicom.Dataset, frame: int | None, sequence: str, keyword: str) -> list[float]:
+    """A geometry attribute of a single-frame image, or of frame ``frame`` of a multi-frame one
+    (its per-frame functional group, else the shared one, PS3.3 C.7.6.16)."""
+    if frame is None:
+        return [float(v) for v in header.get(keyword)]
+    groups = [header.PerFrameFunctionalGroupsSequence[frame - 1],
+              *header.get("SharedFunctionalGroupsSequence", [])]
+    item = next(group.get(sequence)[0] for group in groups if group.get(sequence))
+    return [float(v) for v in item.get(keyword)]
+
+
+def _patient_orientation(orientation: Sequence[float]) -> tuple[str, str]:
     """Patient Orientation (0020,0020) of a slice: the main direction of its rows and columns."""
-    orientation = [float(v) for v in header.ImageOrientationPatient]
     letters = []
     for vector in (orientation[:3], orientation[3:]):
         axis = int(np.argmax(np.abs(vector)))
@@ -140,7 +150,10 @@ def build_sc(
     images = []
     with _highdicom_encoding("secondary capture"):
         for number, index in enumerate(slices, start=1):
-            header = source[index]
+            header, frame = source[index], findings.source_frame(index)
+            orientation = _plane(header, frame, "PlaneOrientationSequence", "ImageOrientationPatient")
+            spacing = _plane(header, frame, "PixelMeasuresSequence", "PixelSpacing")
+            key = str(header.SOPInstanceUID) + ("" if frame is None else f"/{frame}")
             image = hd.sc.SCImage.from_ref_dataset(
                 ref_dataset=_with_type_2_present([header])[0],
                 pixel_array=render_slice(findings, index, pixels, _window(header, pixels[index])),
@@ -149,11 +162,11 @@ def build_sc(
                 coordinate_system=hd.CoordinateSystemNames.PATIENT,
                 series_instance_uid=series_instance_uid,
                 series_number=series_number,
-                sop_instance_uid=derive_uid(sop_instance_uid, "key-slice", str(header.SOPInstanceUID)),
+                sop_instance_uid=derive_uid(sop_instance_uid, "key-slice", key),
                 instance_number=number,
                 manufacturer=manufacturer,
-                patient_orientation=_patient_orientation(header),
-                pixel_spacing=tuple(float(v) for v in header.PixelSpacing),
+                patient_orientation=_patient_orientation(orientation),
+                pixel_spacing=(spacing[0], spacing[1]),
                 transfer_syntax_uid=ExplicitVRLittleEndian,
                 manufacturer_model_name=algorithm.name,
                 software_versions=algorithm.version,
@@ -162,6 +175,8 @@ def build_sc(
             reference = Dataset()
             reference.ReferencedSOPClassUID = header.SOPClassUID
             reference.ReferencedSOPInstanceUID = header.SOPInstanceUID
+            if frame is not None:
+                reference.ReferencedFrameNumber = frame
             image.SourceImageSequence = [reference]
             image.ImageType = ["DERIVED", "SECONDARY"]
             image.DerivationDescription = (

@@ -23,6 +23,7 @@ Errors::
 from __future__ import annotations
 
 import copy
+import logging
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -33,7 +34,13 @@ from typing import TYPE_CHECKING
 import highdicom as hd
 import numpy as np
 import pydicom
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    PositronEmissionTomographyImageStorage,
+    SecondaryCaptureImageStorage,
+)
 
 from dicom_sr import codes
 from dicom_sr.uids import derive_uid
@@ -78,7 +85,11 @@ def _highdicom_encoding(what: str) -> Iterator[None]:
     highdicom copies the Patient and Study modules verbatim, and warns when Patient's Name has a
     single component ("Lung_Dx-A0001"): a value radnode must copy unchanged, or the PACS files the
     result under another patient. Only that warning is silenced; every other one still surfaces.
+    So is the log line highdicom writes for the frames of one multi-frame source, which radnode passes
+    as one header per frame (:func:`_frame_view`) and lists once afterwards.
     """
+    log = logging.getLogger("highdicom.image")
+    log.addFilter(_repeated_source_instances)
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore",
@@ -91,6 +102,12 @@ def _highdicom_encoding(what: str) -> Iterator[None]:
             raise
         except (ValueError, TypeError) as exc:
             raise EncodingError(f"highdicom rejected the {what}: {exc}") from exc
+        finally:
+            log.removeFilter(_repeated_source_instances)
+
+
+def _repeated_source_instances(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Duplicate entries found in the ReferencedSeriesSequence")
 
 
 def _tidy_copied_attributes(dataset: pydicom.Dataset) -> None:
@@ -177,10 +194,10 @@ def _check_source(findings: Findings, source: Sequence[pydicom.Dataset]) -> tupl
     if not source:
         raise EncodingError("build_seg needs the source slice headers, got none")
     uids = tuple(str(ds.SOPInstanceUID) for ds in source)
-    if len(set(uids)) != len(uids):
+    if len(set(uids)) != len(uids) and not findings.source_frame_numbers:
         raise EncodingError(
-            f"the source is a multi-frame image ({len(uids)} frames in {len(set(uids))} instance(s)); "
-            "radnode encodes SEG and SR for series of single-frame images only, so far"
+            f"the source repeats images ({len(uids)} slices in {len(set(uids))} instance(s)) but the "
+            "findings name no frame numbers: a multi-frame source needs them to place each frame"
         )
     if uids != findings.source_sop_instance_uids:
         raise EncodingError(
@@ -197,6 +214,93 @@ def _check_source(findings: Findings, source: Sequence[pydicom.Dataset]) -> tupl
         raise EncodingError(f"source slices must share one Rows x Columns, got {sorted(shapes)}")
     (shape,) = shapes
     return shape
+
+
+_SINGLE_FRAME_CLASS = {
+    "CT": CTImageStorage, "MR": MRImageStorage, "PT": PositronEmissionTomographyImageStorage,
+}
+# What a frame view of a multi-frame image leaves out: the frames' own geometry replaces these
+_MULTI_FRAME_ONLY = {"PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence", "NumberOfFrames",
+                     "PixelData", "FloatPixelData", "DoubleFloatPixelData"}
+
+
+def _source_images(findings: Findings, source: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """What highdicom takes as the source: one single-frame header per mask slice.
+
+    A series of single-frame images is its images. A slice that is a frame of a multi-frame image
+    (Enhanced or Legacy Converted CT/MR, one instance or several, or mixed with single-frame ones)
+    becomes a header of that frame alone, placed by its functional groups (PS3.3 C.7.6.16), so that
+    highdicom writes each SEG frame with its source frame's position and orientation;
+    :func:`_name_source_frames` then adds the frame numbers to the references.
+    """
+    if not any(frame is not None for frame in findings.source_frame_numbers):
+        return list(source)
+    return [ds if frame is None else _frame_view(ds, frame)
+            for ds, frame in zip(source, findings.source_frame_numbers, strict=True)]
+
+
+def _frame_view(image: pydicom.Dataset, frame: int) -> pydicom.Dataset:
+    """Frame ``frame`` of the multi-frame ``image`` as the header of a single-frame image."""
+    view = pydicom.Dataset()
+    for element in image:
+        if element.keyword not in _MULTI_FRAME_ONLY:
+            view.add(copy.copy(element))  # its own elements: setting one must not change the source
+    # highdicom tells a multi-frame image by its SOP class; the references get the real one back
+    view.SOPClassUID = _SINGLE_FRAME_CLASS.get(str(image.get("Modality", "")), SecondaryCaptureImageStorage)
+    view.ImagePositionPatient = _frame_item(image, frame, "PlanePositionSequence").ImagePositionPatient
+    orientation = _frame_item(image, frame, "PlaneOrientationSequence")
+    view.ImageOrientationPatient = orientation.ImageOrientationPatient
+    measures = _frame_item(image, frame, "PixelMeasuresSequence")
+    view.PixelSpacing = measures.PixelSpacing
+    if measures.get("SliceThickness") is not None:
+        view.SliceThickness = measures.SliceThickness
+    return view
+
+
+def _frame_item(image: pydicom.Dataset, frame: int, sequence: str) -> pydicom.Dataset:
+    """A functional group of frame ``frame``: its own, else the shared one."""
+    groups = [image.PerFrameFunctionalGroupsSequence[frame - 1],
+              *image.get("SharedFunctionalGroupsSequence", [])]
+    found = next((group.get(sequence)[0] for group in groups if group.get(sequence)), None)
+    if found is None:
+        raise EncodingError(f"frame {frame} of {image.SOPInstanceUID} has no {sequence}: "
+                            "it cannot be placed")
+    return found
+
+
+def _name_source_frames(seg: pydicom.Dataset, findings: Findings,
+                        source: Sequence[pydicom.Dataset]) -> None:
+    """Each SEG frame's source reference names the frame it was derived from (Referenced Frame Number,
+    PS3.3 C.8.20.3.1 / C.7.6.1.1.4), found by the frame's position; each source instance is listed once."""
+    slices = {}
+    for index, (ds, frame) in enumerate(zip(source, findings.source_frame_numbers, strict=True)):
+        position = (ds.ImagePositionPatient if frame is None
+                    else _frame_item(ds, frame, "PlanePositionSequence").ImagePositionPatient)
+        slices[(str(ds.SOPInstanceUID), _position_key(position))] = findings.source_frame(index)
+    classes = {str(ds.SOPInstanceUID): ds.SOPClassUID for ds in source}
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        reference = item.DerivationImageSequence[0].SourceImageSequence[0]
+        key = (str(reference.ReferencedSOPInstanceUID),
+               _position_key(item.PlanePositionSequence[0].ImagePositionPatient))
+        reference.ReferencedSOPClassUID = classes[key[0]]
+        if slices.get(key) is not None:
+            reference.ReferencedFrameNumber = slices[key]
+    seg.SourceImageSequence = _each_instance_once(seg.SourceImageSequence, classes)
+    for series in seg.ReferencedSeriesSequence:
+        series.ReferencedInstanceSequence = _each_instance_once(series.ReferencedInstanceSequence, classes)
+
+
+def _position_key(position: Sequence[float]) -> tuple[float, ...]:
+    return tuple(round(float(v), 3) for v in position)
+
+
+def _each_instance_once(references: Sequence[pydicom.Dataset],
+                        classes: dict[str, pydicom.uid.UID]) -> list[pydicom.Dataset]:
+    """``references`` with each instance once, under its own SOP class."""
+    once = list({str(item.ReferencedSOPInstanceUID): item for item in references}.values())
+    for item in once:
+        item.ReferencedSOPClassUID = classes[str(item.ReferencedSOPInstanceUID)]
+    return once
 
 
 def _label_map(findings: Findings) -> np.ndarray | None:
@@ -335,7 +439,7 @@ def build_seg(
         descriptions = _segment_descriptions(findings, sop_instance_uid)
         pixel_array = _pixel_array(findings, shape, seg_type)
         seg = hd.seg.Segmentation(
-            source_images=_with_type_2_present(source),
+            source_images=_with_type_2_present(_source_images(findings, source)),
             pixel_array=pixel_array,
             segmentation_type=hd.seg.SegmentationTypeValues(seg_type.name),
             segment_descriptions=descriptions,
@@ -354,6 +458,8 @@ def build_seg(
             transfer_syntax_uid=ExplicitVRLittleEndian,
             omit_empty_frames=True,
         )
+    if findings.source_frame_numbers:
+        _name_source_frames(seg, findings, source)
     _set_laterality(seg, source[0])
     _tidy_copied_attributes(seg)
     return seg

@@ -23,6 +23,7 @@ Sequence, and takes Patient and Study from the source, as the SEG does.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
@@ -133,24 +134,41 @@ def _segment_tracking(seg: pydicom.Dataset, segment_number: int) -> tuple[str, s
     raise EncodingError(f"the SEG {seg.SOPInstanceUID} has no segment number {segment_number}")
 
 
-def _slice_images(findings: Findings, source: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
-    """The source image of each slice of the findings' grid, for the outlines drawn on them."""
+@dataclass(frozen=True)
+class _SliceImage:
+    """The source image of one slice of the findings' grid, and its frame in a multi-frame image."""
+
+    header: pydicom.Dataset
+    frame: int | None
+
+
+def _slice_images(findings: Findings, source: Sequence[pydicom.Dataset]) -> list[_SliceImage]:
+    """The source image (and frame) of each slice of the findings' grid, for the outlines drawn on them."""
     by_uid = {str(ds.SOPInstanceUID): ds for ds in source}
     missing = [uid for uid in findings.source_sop_instance_uids if uid not in by_uid]
     if missing:
         raise EncodingError(f"{len(missing)} source images of the findings were not given "
                             f"(first: {missing[0]})")
-    return [by_uid[uid] for uid in findings.source_sop_instance_uids]
+    return [_SliceImage(by_uid[uid], findings.source_frame(index))
+            for index, uid in enumerate(findings.source_sop_instance_uids)]
 
 
-def _image_region(outline: Outline, images: Sequence[pydicom.Dataset]) -> hd.sr.ImageRegion:
-    """SCOORD "Image Region" (closed POLYLINE) SELECTED FROM the slice the outline is on."""
+def _image_region(outline: Outline, images: Sequence[_SliceImage]) -> hd.sr.ImageRegion:
+    """SCOORD "Image Region" (closed POLYLINE) SELECTED FROM the slice (or frame) the outline is on."""
     image = images[outline.slice_index]
     return hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=outline.points,
-        source_image=hd.sr.SourceImageForRegion(str(image.SOPClassUID), str(image.SOPInstanceUID)),
+        source_image=hd.sr.SourceImageForRegion(
+            str(image.header.SOPClassUID), str(image.header.SOPInstanceUID),
+            referenced_frame_numbers=None if image.frame is None else [image.frame],
+        ),
     )
+
+
+def _distinct(source: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """Each source instance once: a multi-frame image's header stands for each of its frames."""
+    return list({str(ds.SOPInstanceUID): ds for ds in source}.values())
 
 
 def _region_of(group: MeasurementGroup, findings: Findings) -> Outline | None:
@@ -283,7 +301,7 @@ def _classification_group(
         ],
     )
     if whole_image is not None:
-        group[0].ContentSequence.append(_image_region(whole_image, source))
+        group[0].ContentSequence.append(_image_region(whole_image, [_SliceImage(source[0], None)]))
     return group
 
 
@@ -357,6 +375,7 @@ def build_sr(
         raise EncodingError("the SEG belongs to another study than the source images")
     algorithm = findings.algorithm
     images = _slice_images(findings, source)
+    source = _distinct(source)
     procedure = _procedure_reported(source, procedure_reported)
     if series_description is None:
         series_description = f"{algorithm.name} {algorithm.version} measurements"[:_LO_MAX_LENGTH]

@@ -172,7 +172,12 @@ class ReportText:
 
 @dataclass(frozen=True)
 class Findings:
-    """Everything one pipeline run produced for one series."""
+    """Everything one pipeline run produced for one series.
+
+    Slice *i* of every mask is source image ``source_sop_instance_uids[i]``, and, when that image is
+    a multi-frame instance, its frame ``source_frame_numbers[i]`` (1-based; empty when every source
+    image is a single-frame one).
+    """
 
     algorithm: Algorithm
     source_sop_instance_uids: tuple[str, ...]
@@ -181,9 +186,12 @@ class Findings:
     procedure_reported: Code | None = None  # a CID 100 code; None: the encoder's default by modality
     classifications: tuple[Classification, ...] = ()
     report_text: tuple[ReportText, ...] = ()
+    source_frame_numbers: tuple[int | None, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.source_sop_instance_uids)
+        if self.source_frame_numbers and len(self.source_frame_numbers) != n:
+            raise ValueError(f"{len(self.source_frame_numbers)} source frame numbers for {n} source images")
         for seg in self.segments:
             if seg.shape[0] != n:
                 raise ValueError(
@@ -194,3 +202,7 @@ class Findings:
             if any(not 0 <= index < len(self.segments) for index in named):
                 raise ValueError(f"group {group.tracking_id!r} names segments {named}, "
                                  f"but there are {len(self.segments)} segments")
+
+    def source_frame(self, index: int) -> int | None:
+        """The frame of mask slice ``index`` in its multi-frame source image; None for a single-frame one."""
+        return self.source_frame_numbers[index] if self.source_frame_numbers else None

@@ -26,7 +26,7 @@ import torch
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from inference.errors import VolumeError
+from inference.errors import NotApplicable, VolumeError
 
 __all__ = [
     "ORIENTATION_TOLERANCE",
@@ -41,9 +41,16 @@ ORIENTATION_TOLERANCE = 1e-4
 SPACING_TOLERANCE_MM = 0.01
 """Slice gaps may differ from the median gap by this much (or the relative tolerance, if larger)."""
 SPACING_TOLERANCE_RELATIVE = 0.01
+_MISSING_SHOWN = 5
+# What scanners set apart when one series holds several stacks (phases, repeats, echoes, time points)
+_STACK_KEYWORDS = ("AcquisitionNumber", "TemporalPositionIdentifier", "EchoNumbers", "TriggerTime",
+                   "ContrastBolusAgent", "AcquisitionTime")
 # Parsing holds the GIL, but file reads and numpy conversion do not: 8 threads hide storage latency,
 # and on a busy 2-core host they loaded a 300-slice CT faster than 2 (bench/volume.py)
 _READ_THREADS = 8
+_RADIATION_DOSE_SR = "1.2.840.10008.5.1.4.1.1.88.67"
+# Secondary Capture, and its multi-frame forms (PS3.4 B.5)
+_SECONDARY_CAPTURE = {"1.2.840.10008.5.1.4.1.1.7", *(f"1.2.840.10008.5.1.4.1.1.7.{k}" for k in range(1, 5))}
 # Transfer syntaxes whose Pixel Data is the plain little-endian array once pydicom has read the file
 _NATIVE_LITTLE_ENDIAN = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
 
@@ -151,6 +158,7 @@ def load_series(paths: Sequence[Path], *, resample_nonuniform: bool = False) -> 
         raise VolumeError("the series has no files")
     with ThreadPoolExecutor(_READ_THREADS) as pool:
         datasets = list(pool.map(_read, paths))
+    _skip_non_tomographic(datasets)
     _check_headers(datasets)
     slices = [one for ds in datasets for one in _slices(ds)]
     _check_slices(slices)
@@ -216,6 +224,32 @@ def _is_enhanced(ds: pydicom.Dataset) -> bool:
     return "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
 
 
+def _image_type(ds: pydicom.Dataset) -> set[str]:
+    value = ds.get("ImageType") or []
+    return {str(v).upper() for v in ([value] if isinstance(value, str) else value)}
+
+
+def _skip_non_tomographic(datasets: list[pydicom.Dataset]) -> None:
+    """NotApplicable, naming why, for a series that is no stack of slices at all.
+
+    A CT or MR study also holds localizers (scouts), radiation dose reports (an SR, or a screenshot of
+    the dose sheet) and other secondary captures: routed with the study, each is skipped with its
+    reason in the job record rather than failed or, worse, read as a volume.
+    """
+    if all("LOCALIZER" in _image_type(ds) for ds in datasets):
+        raise NotApplicable(f"skipped: the series is a localizer (scout: ImageType LOCALIZER, "
+                            f"{len(datasets)} image(s)), not a tomographic volume")
+    if not any("PixelData" in ds for ds in datasets):
+        kind = ("a radiation dose report" if str(datasets[0].get("SOPClassUID")) == _RADIATION_DOSE_SR
+                else f"SOP class {datasets[0].get('SOPClassUID', '?')}, "
+                     f"Modality {datasets[0].get('Modality', '?')}")
+        raise NotApplicable(f"skipped: the series holds no images ({kind})")
+    if all(str(ds.get("SOPClassUID")) in _SECONDARY_CAPTURE or "SCREEN SAVE" in _image_type(ds)
+           for ds in datasets):
+        raise NotApplicable("skipped: the series is secondary capture (a screenshot such as a dose sheet), "
+                            "not a tomographic volume")
+
+
 def _check_headers(datasets: list[pydicom.Dataset]) -> None:
     """Reject files that cannot be slices of one volume, before their geometry is read."""
     for ds in datasets:
@@ -226,8 +260,7 @@ def _check_headers(datasets: list[pydicom.Dataset]) -> None:
                               "(PerFrameFunctionalGroupsSequence): its frames have no positions to place "
                               "them in space")
     _require_one("SeriesInstanceUID", datasets)
-    localizers = [ds for ds in datasets
-                  if "LOCALIZER" in (str(v).upper() for v in ds.get("ImageType", []))]
+    localizers = [ds for ds in datasets if "LOCALIZER" in _image_type(ds)]
     if localizers:
         uids = ", ".join(str(ds.SOPInstanceUID) for ds in localizers)
         raise VolumeError(f"the series mixes {len(localizers)} localizer image(s) "
@@ -392,19 +425,24 @@ def _slice_gap(along: np.ndarray, slices: list[_Slice], resample: bool) -> tuple
     if duplicate.size:
         i = int(duplicate[0])
         raise VolumeError(
-            f"{duplicate.size} pair(s) of slices share a position along the normal (a repeated "
-            f"acquisition or several phases in one series?), e.g. "
-            f"{slices[i].name} and {slices[i + 1].name} at {along[i]:.2f} mm")
+            f"{duplicate.size} pair(s) of slices share a position along the normal, e.g. "
+            f"{slices[i].name} and {slices[i + 1].name} at {along[i]:.2f} mm: {_stacks(slices)}; "
+            "radnode does not stack them into one volume (send each phase or acquisition as its own series)")
     odd = np.flatnonzero(np.abs(gaps - median) > tolerance)
     if not odd.size:
         return median, False
     steps = gaps[odd] / median
     if (np.abs(steps - np.round(steps)) * median <= tolerance).all():
         i = int(odd[0])
+        missing = [float(along[k] + j * median)
+                   for k, step in zip(odd, np.round(steps).astype(int), strict=True) for j in range(1, step)]
+        shown = ", ".join(f"{value:.2f}" for value in missing[:_MISSING_SHOWN])
+        more = f" and {len(missing) - _MISSING_SHOWN} more" if len(missing) > _MISSING_SHOWN else ""
         raise VolumeError(
-            f"{int(np.round(steps).sum() - odd.size)} slice(s) missing: the series steps {median:.2f} mm "
+            f"{len(missing)} slice(s) missing: the series steps {median:.2f} mm "
             f"along the normal, but has gaps of {_tally(gaps[odd])}; first between {slices[i].name} and "
-            f"{slices[i + 1].name} (a transfer still in progress, or slices deleted at the source?)")
+            f"{slices[i + 1].name}; missing at {shown}{more} mm along the normal "
+            "(a transfer still in progress, or slices deleted at the source?)")
     if resample:
         return float(along[-1] - along[0]) / (len(along) - 1), True
     i = int(odd[0])
@@ -416,6 +454,17 @@ def _slice_gap(along: np.ndarray, slices: list[_Slice], resample: bool) -> tuple
         + (f"; between ImagePositionPatient: {_tally(distances)}" if tilted else "")
         + f"): a variable-spacing acquisition? First irregular gap {gaps[i]:.2f} mm between "
         f"{slices[i].name} and {slices[i + 1].name}. A pipeline may ask for resampling instead")
+
+
+def _stacks(slices: list[_Slice]) -> str:
+    """What tells a series' repeated stacks apart, e.g. "AcquisitionNumber 1 (64 slices), 2 (64 slices)"."""
+    for keyword in _STACK_KEYWORDS:
+        values = Counter(str(s.dataset.get(keyword, "")) for s in slices)
+        if len(values) > 1:
+            listed = ", ".join(f"{value or 'none'} ({count} slices)"
+                               for value, count in sorted(values.items()))
+            return f"{len(values)} stacks told apart by {keyword}: {listed} (several phases or acquisitions)"
+    return "a repeated acquisition, several phases or time points in one series"
 
 
 def _tally(gaps: np.ndarray) -> str:

@@ -11,9 +11,9 @@ import argparse
 import logging
 import os
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from collections.abc import Sequence
 from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from node.config import Config, load_config

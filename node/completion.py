@@ -16,14 +16,13 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import CompletionConfig, Destination, PipelineOptions, Route
 from node.db import Database, Instance, Job, JobState, Series, SeriesState, Study, as_utc, utcnow
-from node.delivery import open_association
+from node.delivery import RequestorAE, open_association
 from node.dimse import FindStatus
 from node.errors import BrokerUnreachable, DeliveryError
 from node.routing import assign
@@ -47,7 +46,7 @@ class PacsCounter:
 
         Raises DestinationUnreachable when the PACS cannot be asked.
         """
-        ae = AE(ae_title=self.calling_ae_title)
+        ae = RequestorAE(ae_title=self.calling_ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_seconds
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         query = Dataset()

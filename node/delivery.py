@@ -8,8 +8,11 @@ caller); a failure status from the peer is DestinationRefused (not retried). For
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +25,7 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.transport import AddressInformation, AssociationSocket
 from sqlalchemy import select
 
 from node.config import Config, DeliveryConfig, Destination
@@ -31,16 +35,46 @@ from node.errors import ConfigError, DestinationRefused, DestinationUnreachable
 from node.metrics import DELIVERY_ATTEMPTS, JOB_STAGE_SECONDS
 from node.tls import client_context
 
-__all__ = ["attempt_delivery", "backoff_seconds", "open_association", "send_files", "stow_files"]
+__all__ = [
+    "RequestorAE", "attempt_delivery", "backoff_seconds", "open_association", "send_files", "stow_files",
+]
 
 log = logging.getLogger("radnode.delivery")
+
+class _ClosingSocket(AssociationSocket):
+    """pynetdicom's socket, closed even when it never connected.
+
+    pynetdicom (3.0, pinned) closes a socket only after ``shutdown()`` succeeds, which it never does
+    on a connection that was refused: each attempt at a PACS that is down left a socket open until
+    the garbage collector found it.
+    """
+
+    def _shutdown_socket(self) -> None:
+        sock = self.socket
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+
+class RequestorAE(AE):
+    """The AE radnode opens associations with (deliveries, completion notices): its sockets are
+    :class:`_ClosingSocket`."""
+
+    def _create_socket(self, assoc: Association, address: AddressInformation,
+                       tls_args: tuple[ssl.SSLContext, str] | None) -> AssociationSocket:
+        sock = _ClosingSocket(assoc, address=address)
+        sock.tls_args = tls_args
+        return sock
+
 
 def backoff_seconds(config: DeliveryConfig, attempt: int) -> float:
     """Delay before retry number ``attempt`` (1-based): doubling, capped."""
     return min(config.first_backoff_seconds * 2 ** (attempt - 1), config.max_backoff_seconds)
 
 
-def open_association(ae: AE, destination: Destination) -> Association:
+def open_association(ae: RequestorAE, destination: Destination) -> Association:
     """An established association from ``ae`` to a dicom ``destination`` (TLS if configured).
 
     Raises DestinationUnreachable (retry later) with where and why.
@@ -73,7 +107,7 @@ def send_files(
     destination: Destination, paths: Sequence[Path], *, calling_ae_title: str, timeout_seconds: float
 ) -> None:
     """C-STORE each file to ``destination`` on one association, or raise why not."""
-    ae = AE(ae_title=destination.calling_ae_title or calling_ae_title)
+    ae = RequestorAE(ae_title=destination.calling_ae_title or calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_seconds
     datasets = [dcmread(path) for path in paths]
     # one context per SOP class, offering each file's own transfer syntax (sent as stored)

@@ -32,6 +32,7 @@ from inference.findings import Findings
 from inference.pipelines import UnknownPipeline, create
 from inference.registration import onto_grid
 from inference.registry import ModelRegistry
+from inference.reorient import run_on_source
 from inference.volume import Volume, load_series
 from node.config import DEFAULT_FORMATS, Config
 from node.db import Database, Delivery, DeliveryState, Instance, Job, JobState, Result, Series, utcnow
@@ -139,9 +140,10 @@ class JobRunner:
             with clock("load"):
                 source, extra = _load(work, getattr(pipeline, "takes", "volume"))
             with clock("pipeline"):
-                # only a study-level job passes further inputs: single-series pipelines take two arguments
-                arguments = (source, self.device, extra) if extra else (source, self.device)
-                findings = pipeline.run(*arguments)
+                if isinstance(source, Volume):  # laid as the pipeline needs, its findings back on the source
+                    findings = run_on_source(pipeline, source, self.device, extra)  # type: ignore[arg-type]
+                else:
+                    findings = pipeline.run(source, self.device)  # type: ignore[arg-type]
             with clock("encode"):
                 objects = self._encode(work, pipeline.version, source, findings)
         except NotApplicable as exc:
@@ -204,8 +206,11 @@ class JobRunner:
         The objects reference the images the findings come from (a report generator reads one of a
         series' radiographs), in the source's order.
         """
-        used = set(findings.source_sop_instance_uids)
-        headers = [header for header in source.headers if header.SOPInstanceUID in used]
+        if isinstance(source, Volume):  # one header per slice (a multi-frame instance's, per frame)
+            headers = list(source.headers)
+        else:
+            used = set(findings.source_sop_instance_uids)
+            headers = [header for header in source.headers if header.SOPInstanceUID in used]
         options = self.config.pipeline_options(work.pipeline)
 
         def uids(kind: ResultKind, variant: str = "") -> dict[str, str]:

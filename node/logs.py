@@ -74,3 +74,15 @@ def configure_logging(config: LoggingConfig) -> None:
     # that describe each PDU and DIMSE message (work on every instance, for lines dropped here)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+    # a destination that is down: the delivery logs one WARNING per attempt, with where and why
+    logging.getLogger("pynetdicom.transport").addFilter(_outgoing_connection_failures)
+    # highdicom narrates each object it builds at INFO; its warnings still come through
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
+
+
+_CONNECTION_FAILURES = ("Association request failed: unable to connect to remote", "TCP Initialisation Error")
+
+
+def _outgoing_connection_failures(record: logging.LogRecord) -> bool:
+    """Drop pynetdicom's two ERROR lines for an outgoing connection that failed (a PACS that is down)."""
+    return not record.getMessage().startswith(_CONNECTION_FAILURES)

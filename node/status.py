@@ -158,5 +158,8 @@ def render_status(db: Database, selection: StudyFilter | None = None) -> str:
                                 f"        → {delivery.destination}  {delivery.state.value}"
                                 f" after {delivery.attempts} attempt(s){status}{detail}"
                                 + (f" at {_when(delivery.sent_at)}" if delivery.sent_at else "")
+                                + (f"; next attempt {_when(delivery.next_attempt_at)}"
+                                   if delivery.state is DeliveryState.RETRYING and delivery.next_attempt_at
+                                   else "")
                             )
     return "\n".join(lines)

@@ -6,6 +6,8 @@ runs on the CPU, and :class:`node.jobs.JobRunner` writes the results and their D
 
 from __future__ import annotations
 
+import logging
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ from node.jobs import JobRunner
 from node.status import render_status
 from node.store import read_header
 from tests.dicom_files import dicom_files_under
+from tests.log_records import kept_log_records
 from tests.orthanc import DICOMWEB_PLUGIN, Orthanc
 from tests.ports import free_port
 
@@ -194,6 +197,24 @@ def test_unreachable_destination_is_retried_with_exponential_backoff_then_failed
         delivery = session.get(Delivery, delivery_id)
         assert (delivery.state, delivery.attempts) == (DeliveryState.FAILED, 3)
         assert "gave up after 3 attempts" in delivery.last_error
+
+
+def test_a_failed_attempt_logs_one_warning_and_status_shows_when_the_next_one_is(ran_job, tmp_path) -> None:
+    """A PACS that is down: one WARNING from radnode per attempt (where and why), none of pynetdicom's
+    ERROR lines for the same refused connection, and `radnode status` says when it tries again."""
+    config, db, delivery_id = seg_delivery(
+        ran_job, tmp_path, f"{{ae_title: NOBODY, host: 127.0.0.1, port: {free_port()}}}"
+    )
+    with kept_log_records() as records:
+        wait = attempt_delivery(db, config, delivery_id)
+
+    assert wait == 2.0
+    loud = [(r.name, r.getMessage()) for r in records if r.levelno >= logging.WARNING]
+    assert len(loud) == 1, loud
+    assert loud[0][0] == "radnode.delivery" and "retrying" in loud[0][1] and "NOBODY@127.0.0.1" in loud[0][1]
+    report = render_status(db)
+    assert re.search(r"→ pacs  retrying after 1 attempt\(s\) \(delivery \d+\): .*; "
+                     r"next attempt \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", report), report
 
 
 def orthanc_results(pacs: Orthanc, study_uid: str) -> dict[str, list[bytes]]:

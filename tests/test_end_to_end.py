@@ -18,9 +18,10 @@ import torch
 
 from inference.pipelines.lung_qct import LungQCT
 from inference.volume import load_series
+from tests.ct_variants import VARIANTS, write_variant
 from tests.dciodvfy import check_iod
 from tests.node_process import RadnodeProcess
-from tests.orthanc import Orthanc
+from tests.orthanc import Orthanc, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -122,3 +123,66 @@ def test_ct_study_sent_by_orthanc_comes_back_as_seg_and_sr_in_the_same_study(
     phi_values = {str(header.PatientName), str(header.PatientID), str(header.get("PatientBirthDate", ""))}
     for phi in phi_values - {""}:
         assert phi not in log
+
+
+def test_every_layout_of_the_chest_ct_comes_back_from_orthanc_on_its_own_frames(
+    tmp_path: Path,
+    chest_ct_dir: Path,
+    orthanc_factory: Callable[..., Orthanc],
+) -> None:
+    """Coronal, sagittal, tilted and Legacy Converted Enhanced (one instance, and split over two)
+    versions of the chest CT, each its own study in Orthanc, plus a localizer series: each variant
+    comes back as SEG + SR whose frames sit on the variant's own frames and whose volumes are the
+    axial result's within 1 %; the localizer gets a named reason instead of a result."""
+    pacs = orthanc_factory()
+    node = RadnodeProcess.beside(
+        pacs, tmp_path / "radnode",
+        routes=[{"match": {"Modality": "CT"}, "pipelines": ["lung-qct"], "send_to": ["pacs"]}],
+    )
+    names = [*sorted(VARIANTS), "localizer"]
+    sources: dict[str, dict[str, pydicom.Dataset]] = {}
+    for name in names:
+        paths = write_variant(name, chest_ct_dir, tmp_path / name, own_study=True)
+        sources[name] = {str(ds.SOPInstanceUID): ds
+                         for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in paths)}
+    expected = _expected_measurements(chest_ct_dir)
+
+    with node:
+        study_ids = {}
+        for name in names:
+            pacs.upload_folder(tmp_path / name)
+            study_uid = next(iter(sources[name].values())).StudyInstanceUID
+            study_ids[name] = pacs.send_study("radnode", study_uid)
+        results = {name: pacs.wait_for_results(study_ids[name], f"SEG and SR of the {name} study",
+                                               RESULT_TIMEOUT_S)
+                   for name in VARIANTS}
+        status = wait_for(lambda: node.cli("status").stdout, timeout=RESULT_TIMEOUT_S, interval=1.0,
+                          until=lambda text: "not applicable" in text, what="the localizer's job record")
+
+    for name in VARIANTS:
+        assert len(results[name]["SEG"]) == 1 and len(results[name]["SR"]) == 1, name
+        seg_file, sr_file = tmp_path / f"{name}-seg.dcm", tmp_path / f"{name}-sr.dcm"
+        seg_file.write_bytes(results[name]["SEG"][0])
+        sr_file.write_bytes(results[name]["SR"][0])
+        seg = pydicom.dcmread(seg_file)
+        for frame in seg.PerFrameFunctionalGroupsSequence:
+            reference = frame.DerivationImageSequence[0].SourceImageSequence[0]
+            source = sources[name][reference.ReferencedSOPInstanceUID]
+            number = reference.get("ReferencedFrameNumber")
+            if number is None:
+                position = source.ImagePositionPatient
+            else:
+                groups = source.PerFrameFunctionalGroupsSequence[int(number) - 1]
+                position = groups.PlanePositionSequence[0].ImagePositionPatient
+            assert [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient] == pytest.approx(
+                [float(v) for v in position], abs=1e-4), name
+        reported = _measurements_by_group(sr_file)
+        assert reported.keys() == expected.keys(), name
+        for tracking_id, values in expected.items():
+            assert reported[tracking_id] == pytest.approx(values, rel=0.01), (name, tracking_id)
+        check_iod(seg_file).assert_no_errors()
+        check_iod(sr_file).assert_no_errors()
+
+    localizer_study = study_ids["localizer"]
+    assert pacs.result_files(localizer_study, ("SEG", "SR")) == {}
+    assert "skipped: the series is a localizer (scout: ImageType LOCALIZER, 3 image(s))" in status, status

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pydicom
 
+from dicom_sr.seg import build_seg
 from node.logs import JsonFormatter, TextFormatter
 from tests.dcmtk import storescu
+from tests.log_records import kept_log_records
 from tests.node_process import RadnodeProcess
 from tests.orthanc import wait_for
+from tests.test_seg import multi_frame_body
 
 
 def test_json_formatter_turns_key_value_pairs_into_fields() -> None:
@@ -63,3 +66,15 @@ def test_a_value_with_a_newline_stays_on_its_event_s_line_in_both_formats() -> N
     assert text == "WARNING instance refused calling_ae=EVIL sop=1.2\\x0aFAKE ERROR x=1\\x0d"
     event = JsonFormatter().format(record)
     assert "\n" not in event and json.loads(event)["sop"] == "1.2\\x0aFAKE"
+
+
+def test_building_results_at_info_level_logs_nothing_of_highdicom_s_narration() -> None:
+    """highdicom logs "copy Patient-related attributes …" per module at INFO for every object; a
+    node at `logging.level: INFO` shows radnode's events, not that."""
+    headers, findings = multi_frame_body("enhanced-ct")
+    with kept_log_records("INFO") as records:
+        build_seg(findings, headers, series_number=9901, series_instance_uid=pydicom.uid.generate_uid(),
+                  sop_instance_uid=pydicom.uid.generate_uid())
+        logging.getLogger("radnode.jobs").info("job done job=1")
+
+    assert [r.name for r in records] == ["radnode.jobs"]

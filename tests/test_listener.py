@@ -431,4 +431,5 @@ def test_each_admitted_association_is_logged_once_with_its_caller(
         assert association.send_c_echo().Status == 0
         association.release()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("association accepted")]
-    assert lines == ["association accepted calling_ae=CT_SCANNER address=127.0.0.1 called_ae=RADNODE contexts=1"]
+    assert lines == ["association accepted calling_ae=CT_SCANNER address=127.0.0.1 called_ae=RADNODE "
+                     "contexts=1"]

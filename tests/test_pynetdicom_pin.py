@@ -1,11 +1,12 @@
 """An upgrade of pynetdicom fails here, by name, before it can change the receive path silently.
 
 node/acceptor.py, node/bounded_dul.py and node/store_path.py subclass pynetdicom 3.0's DUL,
-association, request handler and server, use some of their private attributes, and carry copies
-of two of its loops (the DUL's and the acceptor's reactor) and of the server's ``get_request``.
-This test pins what they rely on: the version pyproject.toml allows, each private name, and the
-source of each upstream function that radnode copied or whose behaviour it builds on. When one
-fails, read the new upstream code, carry its change into radnode's copy, then update the hash.
+association, request handler and server (node/delivery.py its AE and socket, for outgoing
+associations), use some of their private attributes, and carry copies of two of its loops (the
+DUL's and the acceptor's reactor) and of the server's ``get_request``. This test pins what they
+rely on: the version pyproject.toml allows, each private name, and the source of each upstream
+function that radnode copied or whose behaviour it builds on. When one fails, read the new
+upstream code, carry its change into radnode's copy, then update the hash.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ UPSTREAM_SOURCES: dict[Any, str] = {
     RequestHandler.handle: "034823fb4df3a874",  # called after the TLS handshake
     RequestHandler._create_association: "05c8d12b79863cdb",  # its objects get radnode's classes
     AssociationSocket.recv: "6bc20a33b1b7cfe7",  # replaced by ReceivingSocket.recv
+    ApplicationEntity._create_socket: "f56bca8888e1ce9f",  # copied: RequestorAE._create_socket
+    AssociationSocket._shutdown_socket: "e2b2628faa81a578",  # leaves a refused socket open: _ClosingSocket
 }
 
 #: private names radnode reads or sets, by owner
@@ -44,8 +47,8 @@ PRIVATE_NAMES: dict[Any, tuple[str, ...]] = {
                          "_read_pdu_data", "_run_loop_delay", "_decode_pdu"),
     Association: ("_run_reactor", "_kill", "_is_paused", "_reactor_checkpoint", "_serve_request",
                   "_dul_ready"),
-    AssociationSocket: ("_is_connected",),
-    ApplicationEntity: ("_servers",),
+    AssociationSocket: ("_is_connected", "_shutdown_socket"),
+    ApplicationEntity: ("_servers", "_create_socket"),
     RequestHandler: ("_create_association",),
 }
 
@@ -66,7 +69,8 @@ def test_installed_pynetdicom_is_the_version_pyproject_allows() -> None:
 def test_upstream_code_radnode_copied_or_builds_on_is_unchanged(function: Any) -> None:
     assert _source_hash(function) == UPSTREAM_SOURCES[function], (
         f"pynetdicom {pynetdicom.__version__} changed {function.__module__}.{function.__qualname__}: "
-        "compare it with radnode's copy (node/acceptor.py, node/store_path.py, node/bounded_dul.py)"
+        "compare it with radnode's copy (node/acceptor.py, node/store_path.py, node/bounded_dul.py, "
+        "node/delivery.py)"
     )
 
 

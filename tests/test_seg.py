@@ -459,18 +459,63 @@ def test_result_uids_of_another_encoding_variant_differ_and_the_default_is_uncha
     assert result_uids(*args, "labelmap").sop_instance_uid != result_uids(*args).sop_instance_uid
 
 
-def test_seg_of_a_multi_frame_source_is_refused_with_a_clear_reason() -> None:
-    """The real Enhanced CT (tests/data/enhanced_multiframe) loads as a Volume; encoding its results
-    is not supported yet and must say so rather than write a wrong SEG."""
+ENHANCED = Path(__file__).parent / "data" / "enhanced_multiframe"
+_MULTI_FRAME_SOURCES = {
+    "enhanced-ct": (ENHANCED / "eCT_Supplemental.dcm", -500.0),  # 2 frames, shared plane orientation
+    "enhanced-mr": (ENHANCED / "siemens_xa10" / "6_1.dcm", 100.0),  # 6 frames, per-frame groups only
+}
+
+
+def multi_frame_body(source: str = "enhanced-ct") -> tuple[list[pydicom.Dataset], Findings]:
+    """A real multi-frame image (tests/data/enhanced_multiframe) and a body mask of each frame."""
     from inference.volume import load_series
 
-    volume = load_series([Path(__file__).parent / "data" / "enhanced_multiframe" / "eCT_Supplemental.dcm"])
+    path, threshold = _MULTI_FRAME_SOURCES[source]
+    volume = load_series([path])
     findings = Findings(
         algorithm=ALGORITHM,
         source_sop_instance_uids=volume.sop_instance_uids,
         segments=(Segment("Body", codes.ANATOMICAL_STRUCTURE, codes.CHEST, (128, 128, 128),
-                          volume.voxels.numpy() > -500),),
+                          volume.voxels.numpy() > threshold),),
+        source_frame_numbers=volume.frame_numbers,
     )
-    with pytest.raises(EncodingError, match="multi-frame image .* single-frame images only"):
-        build_seg(findings, list(volume.headers), series_number=9901, series_instance_uid=generate_uid(),
-                  sop_instance_uid=generate_uid())
+    return list(volume.headers), findings
+
+
+@pytest.mark.parametrize("source", sorted(_MULTI_FRAME_SOURCES))
+def test_seg_of_an_enhanced_image_references_each_source_frame_and_sits_on_it(source: str,
+                                                                            tmp_path: Path) -> None:
+    """Each SEG frame names its source frame (Referenced Frame Number, PS3.3 C.8.20) and has that
+    frame's position and orientation; the mask of frame k is the one computed on frame k."""
+    headers, findings = multi_frame_body(source)
+    seg = build_seg(findings, headers, series_number=9901, series_instance_uid=generate_uid(),
+                    sop_instance_uid=generate_uid())
+    source = headers[0]
+    shared = source.SharedFunctionalGroupsSequence[0]
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        reference = frame.DerivationImageSequence[0].SourceImageSequence[0]
+        assert reference.ReferencedSOPInstanceUID == source.SOPInstanceUID
+        number = int(reference.ReferencedFrameNumber)
+        groups = source.PerFrameFunctionalGroupsSequence[number - 1]
+        position = (groups.get("PlanePositionSequence") or shared.PlanePositionSequence)[0]
+        assert [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient] == pytest.approx(
+            [float(v) for v in position.ImagePositionPatient], abs=1e-4)
+    orientation = (shared.get("PlaneOrientationSequence")
+                   or source.PerFrameFunctionalGroupsSequence[0].PlaneOrientationSequence)[0]
+    written = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    assert [float(v) for v in written] == pytest.approx(
+        [float(v) for v in orientation.ImageOrientationPatient])
+    decoded = hd.seg.Segmentation.from_dataset(seg)
+    for index, number in enumerate(findings.source_frame_numbers):
+        mask = decoded.get_pixels_by_source_frame(source.SOPInstanceUID, [number], segment_numbers=[1])
+        assert np.array_equal(mask[0, :, :, 0].astype(bool), findings.segments[0].mask[index])
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path)
+    check_iod(path).assert_no_errors()
+
+
+def test_seg_of_a_multi_frame_source_without_frame_numbers_is_refused_with_a_clear_reason() -> None:
+    headers, findings = multi_frame_body()
+    with pytest.raises(EncodingError, match="repeats images .* name no frame numbers"):
+        build_seg(dataclasses.replace(findings, source_frame_numbers=()), headers, series_number=9901,
+                  series_instance_uid=generate_uid(), sop_instance_uid=generate_uid())

@@ -189,4 +189,5 @@ def test_status_refuses_a_limit_that_is_not_a_positive_whole_number(site: Site, 
 def test_version_names_radnode_and_the_dicom_libraries_it_runs_on() -> None:
     done = radnode_cli("--version")
     assert done.returncode == 0
-    assert re.fullmatch(r"radnode \S+ \(pynetdicom \S+, pydicom \S+, highdicom \S+\)\n", done.stdout), done.stdout
+    assert re.fullmatch(r"radnode \S+ \(pynetdicom \S+, pydicom \S+, highdicom \S+\)\n",
+                        done.stdout), done.stdout

@@ -18,7 +18,7 @@ import pytest
 from pydicom.sequence import Sequence
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
-from inference.errors import VolumeError
+from inference.errors import NotApplicable, VolumeError
 from inference.volume import load_series
 from tests.dcmtk import DCMTK_BIN, dcmtk_env
 
@@ -162,6 +162,14 @@ def test_rejects_missing_slice_naming_the_gap(chest_paths: list[Path]) -> None:
         load_series(chest_paths[20:23] + chest_paths[24:27])
 
 
+def test_missing_slices_are_reported_with_their_positions_along_the_normal(chest_paths: list[Path]) -> None:
+    along = [float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) for p in chest_paths]
+    with pytest.raises(VolumeError, match="2 slice\\(s\\) missing") as caught:
+        load_series(chest_paths[20:23] + chest_paths[24:30] + chest_paths[31:33])
+    low, high = sorted((along[23], along[30]))  # the normal is +z: positions are listed inferior first
+    assert f"missing at {low:.2f}, {high:.2f} mm along the normal" in str(caught.value)
+
+
 def test_rejects_missing_slices_even_when_resampling_is_allowed(chest_paths: list[Path]) -> None:
     with pytest.raises(VolumeError, match=r"2 slice\(s\) missing"):
         load_series(chest_paths[20:23] + chest_paths[25:28], resample_nonuniform=True)
@@ -282,6 +290,53 @@ def test_rejects_an_empty_series() -> None:
 def test_rejects_a_file_that_is_not_dicom() -> None:
     with pytest.raises(VolumeError, match="LICENSE.TCIA.txt"):
         load_series([CHEST / "LICENSE.TCIA.txt"])
+
+
+def test_a_series_of_two_acquisitions_at_the_same_positions_is_refused_naming_them(
+        chest_paths: list[Path], tmp_path: Path) -> None:
+    """Real chest CT slices twice, the copies under new UIDs with Acquisition Number 2 (edited with
+    pydicom): a repeated scan or a second contrast phase sent in one series."""
+    def second_acquisition(i: int, ds: pydicom.Dataset) -> None:
+        ds.AcquisitionNumber = 1 + i // 4
+        if i >= 4:
+            ds.SOPInstanceUID = generate_uid()
+
+    paths = _copies(chest_paths[20:24] * 2, tmp_path, second_acquisition)
+    with pytest.raises(VolumeError, match=r"2 stacks told apart by AcquisitionNumber: 1 \(4 slices\), "
+                                          r"2 \(4 slices\) .* does not stack them into one volume"):
+        load_series(paths)
+
+
+def test_a_localizer_series_is_skipped_with_its_reason(chest_paths: list[Path], tmp_path: Path) -> None:
+    """Real chest CT slices, all marked ImageType ORIGINAL\\PRIMARY\\LOCALIZER (edited with pydicom)."""
+    def make_scout(i: int, ds: pydicom.Dataset) -> None:
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+
+    with pytest.raises(NotApplicable, match=r"skipped: the series is a localizer \(scout: "
+                                            r"ImageType LOCALIZER, 3 image\(s\)\)"):
+        load_series(_copies(chest_paths[20:23], tmp_path, make_scout))
+
+
+def test_a_radiation_dose_report_is_skipped_with_its_reason(chest_paths: list[Path], tmp_path: Path) -> None:
+    """A chest CT header turned into an X-Ray Radiation Dose SR (no pixel data; edited with pydicom)."""
+    def make_dose_report(i: int, ds: pydicom.Dataset) -> None:
+        del ds.PixelData
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.67"
+        ds.Modality = "SR"
+
+    with pytest.raises(NotApplicable, match=r"skipped: the series holds no images \(a radiation dose"):
+        load_series(_copies(chest_paths[:1], tmp_path, make_dose_report))
+
+
+def test_a_screen_captured_dose_sheet_is_skipped_with_its_reason(chest_paths: list[Path],
+                                                                 tmp_path: Path) -> None:
+    """A chest CT slice as Secondary Capture, ImageType DERIVED\\SECONDARY\\SCREEN SAVE (pydicom)."""
+    def make_screenshot(i: int, ds: pydicom.Dataset) -> None:
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+        ds.ImageType = ["DERIVED", "SECONDARY", "SCREEN SAVE"]
+
+    with pytest.raises(NotApplicable, match="skipped: the series is secondary capture"):
+        load_series(_copies(chest_paths[:1], tmp_path, make_screenshot))
 
 
 def test_rejects_time_points_of_an_enhanced_mr_as_duplicated_positions() -> None:

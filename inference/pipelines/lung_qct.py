@@ -86,9 +86,13 @@ class LungQCT:
 
     name = "lung-qct"
     version = "1.0.0"
+    orientation = "SPL"
+    """Axial slices, rows toward posterior, columns toward the left: a coronal or sagittal series is
+    turned to it first (:func:`inference.reorient.run_on_source`) and its masks turned back."""
 
     def run(self, volume: Volume, device: torch.device) -> Findings:
-        """Segment both lungs of a chest CT and measure them; NotApplicable for anything else."""
+        """Segment both lungs of a chest CT laid as :attr:`orientation` says and measure them;
+        NotApplicable for anything else."""
         _check_applicable(volume)
         geometry = _Geometry.of(volume, device)
         hu = volume.voxels.to(device)

@@ -1,0 +1,174 @@
+"""One chest CT in every shape a scanner or PACS sends it gives the axial result, on its own frames.
+
+The variants (tests/ct_variants.py) hold exactly the axial series' voxels: coronal and sagittal
+reslices, a gantry-tilted copy and Legacy Converted Enhanced CT (one instance, or a stack split over
+two). lung-qct must find the
+same lung voxels in each (mapped through the affines), report the same volumes, and the SEG and SR
+must be written on the variant's own slices or frames and pass dciodvfy and PixelMed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from dicom_sr import codes
+from dicom_sr.seg import build_seg
+from dicom_sr.sr import build_sr
+from inference.findings import Findings
+from inference.pipelines import create
+from inference.pipelines.lung_qct import LungQCT
+from inference.registry import ModelRegistry
+from inference.reorient import run_on_source
+from inference.volume import Volume, load_series
+from node.config import load_config
+from tests.ct_variants import VARIANTS, write_variant
+from tests.dciodvfy import check_iod
+from tests.pixelmed import validate_instance, validate_sr
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def axial() -> tuple[Volume, Findings]:
+    volume = load_series(sorted((Path(__file__).parent / "data" / "ct_chest_lungdx_a0001").glob("*.dcm")))
+    return volume, run_on_source(LungQCT(), volume, CPU)
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def variant(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[Path], Volume, Findings]:
+    name = str(request.param)
+    chest = Path(__file__).parent / "data" / "ct_chest_lungdx_a0001"
+    paths = write_variant(name, chest, tmp_path_factory.mktemp(name))
+    volume = load_series(paths)
+    return name, paths, volume, run_on_source(LungQCT(), volume, CPU)
+
+
+def _on_axial_grid(name: str, volume: Volume, mask: np.ndarray, axial: Volume) -> np.ndarray:
+    """A variant's mask as a mask of the axial grid: each voxel moved to the axial voxel at its position.
+
+    The tilted copy keeps the axial pixels on a sheared grid (other positions, same images): there the
+    axial voxel is the one with the same indices.
+    """
+    if name == "tilted":
+        return mask
+    to_axial = np.linalg.inv(axial.affine) @ volume.affine
+    indices = np.argwhere(mask).astype(np.float64)
+    mapped = indices @ to_axial[:3, :3].T + to_axial[:3, 3]
+    assert np.abs(mapped - np.rint(mapped)).max() < 1e-3, "every variant voxel sits on an axial voxel"
+    moved = np.zeros(axial.shape, dtype=np.bool_)
+    moved[tuple(np.rint(mapped).astype(np.int64).T)] = True
+    return moved
+
+
+def test_lung_qct_finds_exactly_the_axial_lung_voxels_in_every_layout(
+        axial: tuple[Volume, Findings], variant: tuple[str, list[Path], Volume, Findings]) -> None:
+    axial_volume, axial_findings = axial
+    name, _, volume, findings = variant
+    assert [s.label for s in findings.segments] == ["Right lung", "Left lung"]
+    assert findings.segments[0].shape == volume.shape, "masks are on the variant's own grid"
+    for segment, expected in zip(findings.segments, axial_findings.segments, strict=True):
+        assert int(segment.mask.sum()) == int(expected.mask.sum()) > 100_000, segment.label
+        on_axial = _on_axial_grid(name, volume, segment.full_mask(), axial_volume)
+        assert np.array_equal(on_axial, expected.full_mask()), segment.label
+
+
+def test_volumes_and_densities_are_the_axial_ones_within_1_percent(
+        axial: tuple[Volume, Findings], variant: tuple[str, list[Path], Volume, Findings]) -> None:
+    _, axial_findings = axial
+    *_, findings = variant
+    for group, expected in zip(findings.groups, axial_findings.groups, strict=True):
+        assert group.tracking_id == expected.tracking_id
+        for measurement, reference in zip(group.measurements, expected.measurements, strict=True):
+            assert measurement.concept == reference.concept
+            assert measurement.value == pytest.approx(reference.value, rel=0.01), (
+                group.tracking_id, measurement.concept.meaning)
+
+
+def _source_plane(header: pydicom.Dataset, frame: int | None) -> tuple[list[float], list[float]]:
+    """(ImagePositionPatient, ImageOrientationPatient) of a source image, or of one of its frames."""
+    if frame is None:
+        return ([float(v) for v in header.ImagePositionPatient],
+                [float(v) for v in header.ImageOrientationPatient])
+    groups = (header.PerFrameFunctionalGroupsSequence[frame - 1], header.SharedFunctionalGroupsSequence[0])
+    position = next(g.PlanePositionSequence[0] for g in groups if g.get("PlanePositionSequence"))
+    orientation = next(g.PlaneOrientationSequence[0] for g in groups if g.get("PlaneOrientationSequence"))
+    return ([float(v) for v in position.ImagePositionPatient],
+            [float(v) for v in orientation.ImageOrientationPatient])
+
+
+def _content_items(dataset: pydicom.Dataset) -> list[pydicom.Dataset]:
+    """Every content item of an SR's tree."""
+    items = []
+    for item in dataset.get("ContentSequence", []):
+        items.extend([item, *_content_items(item)])
+    return items
+
+
+def test_seg_and_sr_are_written_on_the_variants_own_frames_and_validate(
+        tmp_path: Path, variant: tuple[str, list[Path], Volume, Findings]) -> None:
+    name, paths, volume, findings = variant
+    sources = {str(ds.SOPInstanceUID): ds
+               for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in paths)}
+    seg = build_seg(findings, list(volume.headers), series_instance_uid=pydicom.uid.generate_uid(),
+                    sop_instance_uid=pydicom.uid.generate_uid(), series_number=9901)
+    sr = build_sr(findings, list(volume.headers), seg, series_instance_uid=pydicom.uid.generate_uid(),
+                  sop_instance_uid=pydicom.uid.generate_uid(), series_number=9902)
+
+    shared_orientation = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+    frames = seg.PerFrameFunctionalGroupsSequence
+    assert len(frames) > 50
+    for frame in frames:
+        reference = frame.DerivationImageSequence[0].SourceImageSequence[0]
+        number = reference.get("ReferencedFrameNumber")
+        assert (number is not None) == name.startswith("legacy-enhanced"), "frames named in multi-frames"
+        position, orientation = _source_plane(sources[reference.ReferencedSOPInstanceUID],
+                                              None if number is None else int(number))
+        assert [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient] == pytest.approx(
+            position, abs=1e-4)
+        assert [float(v) for v in shared_orientation.ImageOrientationPatient] == pytest.approx(
+            orientation, abs=1e-6)
+
+    images = [reference for item in _content_items(sr) if item.ValueType == "IMAGE"
+              for reference in item.ReferencedSOPSequence
+              if reference.ReferencedSOPInstanceUID != seg.SOPInstanceUID]  # the segments themselves
+    assert images, "the SR draws each lung on a source image"
+    for reference in images:
+        assert reference.ReferencedSOPInstanceUID in sources
+        assert ("ReferencedFrameNumber" in reference) == name.startswith("legacy-enhanced")
+
+    seg_path, sr_path = tmp_path / "seg.dcm", tmp_path / "sr.dcm"
+    seg.save_as(seg_path)
+    sr.save_as(sr_path)
+    check_iod(seg_path).assert_no_errors()
+    check_iod(sr_path).assert_no_errors()
+    validate_instance(seg_path).assert_no_errors()
+    validate_sr(sr_path).assert_no_errors()
+
+
+def test_the_learned_lung_unet_reports_the_axial_volumes_for_the_coronal_reslice(
+        axial: tuple[Volume, Findings], tmp_path: Path) -> None:
+    """The demo's learned pipeline lays the volume along its trained axes (SPL) itself: the coronal
+    reslice's voxels reach the network as the axial ones, so the volumes are the axial run's."""
+    axial_volume, _ = axial
+    demo = Path(__file__).resolve().parent.parent / "config" / "radnode.yaml"
+    model = load_config(demo).models["lung-unet"]
+    registry = ModelRegistry({"lung-unet": model.model_copy(update={"backend": "torch"})}, CPU, tmp_path)
+    pipeline = create("lung-unet", "lung-unet", registry)
+    chest = Path(__file__).parent / "data" / "ct_chest_lungdx_a0001"
+    coronal = load_series(write_variant("coronal", chest, tmp_path / "coronal"))
+
+    expected = run_on_source(pipeline, axial_volume, CPU)  # type: ignore[arg-type]
+    found = run_on_source(pipeline, coronal, CPU)  # type: ignore[arg-type]
+
+    assert found.segments[0].shape == coronal.shape
+    for group, reference in zip(found.groups, expected.groups, strict=True):
+        assert group.tracking_id == reference.tracking_id
+        volume, reference_volume = group.measurements[0], reference.measurements[0]
+        assert volume.concept == codes.VOLUME
+        assert volume.value == pytest.approx(reference_volume.value, rel=0.01), group.tracking_id
