@@ -30,9 +30,9 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicom_sr import codes
+from dicom_sr.findings import Algorithm, Findings, Segment
 from dicom_sr.seg import build_seg, coded_concept
 from dicom_sr.uids import derive_uid
-from inference.findings import Algorithm, Findings, Segment
 
 CHEST_CT = Path(__file__).resolve().parent.parent / "tests" / "data" / "ct_chest_lungdx_a0001"
 ALGORITHM = Algorithm(name="bench-seg", version="1.0.0", model_sha256="ab" * 32)

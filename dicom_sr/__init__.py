@@ -1,14 +1,15 @@
 """Findings + source headers → DICOM SEG and TID 1500 SR; knows nothing about models.
 
     dicom_sr.codes   the coded concepts radnode writes (plain values, no pydicom)
+    dicom_sr.findings  the result contract pipelines return (Findings, Segment, …; numpy only)
     dicom_sr.uids    deterministic ``2.25.`` UIDs: a re-run replaces, never duplicates
     dicom_sr.seg     build_seg: Findings.segments → Segmentation (BINARY, FRACTIONAL or LABELMAP)
     dicom_sr.sr      build_sr: Findings.groups + classifications → Comprehensive 3D SR, TID 1500
     dicom_sr.text    build_text_sr: report text, classifications → Comprehensive SR with TEXT items
     dicom_sr.sc      build_sc: key slices with the segments burned in → Secondary Capture images
 
-The names below are loaded on first use (PEP 562), so ``import dicom_sr.codes`` stays free of
-highdicom and of :mod:`inference`, which itself imports :mod:`dicom_sr.codes`.
+The names below are loaded on first use (PEP 562), so ``import dicom_sr.codes`` and
+``dicom_sr.findings`` stay free of highdicom: :mod:`inference` imports them without it.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ Rendering is numpy only: no dependency on how a pipeline made the masks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import highdicom as hd
 import numpy as np
@@ -20,6 +19,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from dicom_sr.findings import Findings
 from dicom_sr.seg import (
     MANUFACTURER,
     EncodingError,
@@ -30,9 +30,6 @@ from dicom_sr.seg import (
     _with_type_2_present,
 )
 from dicom_sr.uids import derive_uid
-
-if TYPE_CHECKING:  # annotations only: inference.findings imports dicom_sr.codes
-    from inference.findings import Findings
 
 __all__ = ["DEFAULT_MAX_IMAGES", "build_sc", "key_slices", "mask_outline", "render_slice"]
 

@@ -29,7 +29,6 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 import highdicom as hd
 import numpy as np
@@ -43,10 +42,8 @@ from pydicom.uid import (
 )
 
 from dicom_sr import codes
+from dicom_sr.findings import Findings, Segment
 from dicom_sr.uids import derive_uid
-
-if TYPE_CHECKING:  # annotations only: inference.findings imports dicom_sr.codes
-    from inference.findings import Findings, Segment
 
 __all__ = ["MANUFACTURER", "EncodingError", "SegType", "build_seg", "coded_concept"]
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -33,6 +33,7 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_sr import codes
+from dicom_sr.findings import Algorithm, Classification, Findings, Measurement, MeasurementGroup
 from dicom_sr.outline import Outline, bounding_outline, largest_outline
 from dicom_sr.seg import (
     MANUFACTURER,
@@ -43,9 +44,6 @@ from dicom_sr.seg import (
     coded_concept,
 )
 from dicom_sr.uids import derive_uid
-
-if TYPE_CHECKING:  # annotations only: inference.findings imports dicom_sr.codes
-    from inference.findings import Algorithm, Classification, Findings, Measurement, MeasurementGroup
 
 __all__ = ["DEVICE_OBSERVER_NAME", "build_sr", "device_observer_context", "device_observer_uid"]
 

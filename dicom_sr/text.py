@@ -22,12 +22,12 @@ Series Description starts with "AI draft report (unverified)", for viewers that 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import highdicom as hd
 import pydicom
 
 from dicom_sr import codes
+from dicom_sr.findings import Algorithm, Classification, Findings
 from dicom_sr.seg import (
     MANUFACTURER,
     EncodingError,
@@ -43,9 +43,6 @@ from dicom_sr.sr import (
     _unsigned_report_arguments,
     device_observer_context,
 )
-
-if TYPE_CHECKING:  # annotations only: inference.findings imports dicom_sr.codes
-    from inference.findings import Algorithm, Classification, Findings
 
 __all__ = ["MACHINE_GENERATED_PREFIX", "build_text_sr", "classification_statement"]
 

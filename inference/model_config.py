@@ -12,7 +12,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
+
+from inference.label_spec import FindingSpec, LabelSpec, Section, Threshold
+from inference.labels import load_finding_table, load_label_table
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -34,7 +37,6 @@ SHIPPED_PREFIX = "radnode:"
 UNPINNED_SHA256 = "0" * 64
 """The presets' placeholder digest: valid syntax, refused with its own message when the model loads."""
 LABEL_PRESET_PREFIX = "preset:"
-_CODE = re.compile(r"^(?P<scheme>[A-Za-z0-9_.-]{1,16}):(?P<value>[^:\s]{1,64})$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _PATIENT_AXIS = {"L": "LR", "R": "LR", "A": "AP", "P": "AP", "S": "SI", "I": "SI"}
 
@@ -42,10 +44,8 @@ Triple = tuple[float, float, float]
 PositiveTriple = tuple[
     Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]
 ]
-Channel = Annotated[int, Field(ge=0, le=255)]
 PatchSize = tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]
 ImageSide = Annotated[int, Field(ge=16, le=4096)]
-Threshold = Annotated[float, Field(gt=0, lt=1)]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 """Per-channel (R, G, B) mean of ImageNet, which torchvision-trained 2-D networks normalise by."""
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,11 +56,7 @@ def shipped_weights_dir() -> Path:
     return Path(__file__).resolve().parent / "weights"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Normalization(_Section):
+class Normalization(Section):
     """How voxel values become model input.
 
     ``window``: clip to [low, high] then scale to [0, 1]. ``zscore``: subtract the volume's mean and
@@ -97,7 +93,7 @@ Orientation = Annotated[str, AfterValidator(_one_letter_per_axis_pair)]
 """Patient directions of the array axes, one letter each (nibabel/ITK letters: ``RAS``, ``SAR``)."""
 
 
-class InputSpec(_Section):
+class InputSpec(Section):
     """What the network expects.
 
     Axes are (slice, row, column) like :class:`inference.volume.Volume` unless ``orientation`` is
@@ -130,46 +126,6 @@ class InputSpec(_Section):
         return (batch, self.channels, *self.patch_size)
 
 
-class LabelSpec(_Section):
-    """One output class: its name and the coded concept a SEG segment carries for it.
-
-    ``code`` is ``SCHEME:VALUE`` (``SCT:39607008``), ``meaning`` its code meaning; ``category``
-    defaults to Anatomical Structure (CID 7150). Published mappings (TotalSegmentator's) code a
-    left/right structure as one concept plus a laterality ``modifier`` (Segmented Property Type
-    Modifier, CID 244), and a lesion as a morphology plus the ``region`` it lies in (Anatomic Region,
-    with its own ``region_modifier``); each optional code comes with its meaning.
-    """
-
-    name: Annotated[str, Field(min_length=1, max_length=64)]
-    code: str
-    meaning: Annotated[str, Field(min_length=1, max_length=64)]
-    category: str = "SCT:91723000"
-    category_meaning: str = "Anatomical Structure"
-    colour: tuple[Channel, Channel, Channel]
-    modifier: str | None = None
-    modifier_meaning: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    region: str | None = None
-    region_meaning: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    region_modifier: str | None = None
-    region_modifier_meaning: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-
-    @field_validator("code", "category", "modifier", "region", "region_modifier")
-    @classmethod
-    def _scheme_and_value(cls, value: str | None) -> str | None:
-        if value is not None and not _CODE.match(value):
-            raise ValueError(f"{value!r} is not SCHEME:VALUE (e.g. SCT:39607008)")
-        return value
-
-    @model_validator(mode="after")
-    def _codes_have_meanings(self) -> LabelSpec:
-        for key in ("modifier", "region", "region_modifier"):
-            if (getattr(self, key) is None) != (getattr(self, f"{key}_meaning") is None):
-                raise ValueError(f"{key} and {key}_meaning go together: give both or neither")
-        if self.region_modifier is not None and self.region is None:
-            raise ValueError("region_modifier needs a region")
-        return self
-
-
 def _sha256_hex(value: str) -> str:
     value = value.strip().lower()
     if not _SHA256.match(value):
@@ -177,18 +133,10 @@ def _sha256_hex(value: str) -> str:
     return value
 
 
-def _scheme_value(value: str) -> str:
-    if not _CODE.match(value):
-        raise ValueError(f"{value!r} is not SCHEME:VALUE (e.g. SCT:39607008)")
-    return value
-
-
 Sha256 = Annotated[str, AfterValidator(_sha256_hex)]
-CodeText = Annotated[str, AfterValidator(_scheme_value)]
-Meaning = Annotated[str, Field(min_length=1, max_length=64)]
 
 
-class ImageInputSpec(_Section):
+class ImageInputSpec(Section):
     """What a 2-D radiograph network expects (``task: classification`` or ``report``).
 
     The radiograph as displayed (values in [0, 1], 1 = white; :mod:`inference.xray`) is fitted into
@@ -226,28 +174,7 @@ class ImageInputSpec(_Section):
         return (batch, self.channels, *self.size)
 
 
-class FindingSpec(_Section):
-    """One output of a classifier: what it detects, coded, and from which probability it is present.
-
-    ``code`` is ``SCHEME:VALUE``; ``site`` an optional finding site (``SCT:39607008`` Lung) for
-    findings whose code names a morphology only (a nodule, fibrosis), with its ``site_meaning``.
-    """
-
-    name: Meaning
-    code: CodeText
-    meaning: Meaning
-    threshold: Threshold = 0.5
-    site: CodeText | None = None
-    site_meaning: Meaning | None = None
-
-    @model_validator(mode="after")
-    def _site_has_meaning(self) -> FindingSpec:
-        if (self.site is None) != (self.site_meaning is None):
-            raise ValueError("site and site_meaning go together: give both or neither")
-        return self
-
-
-class ReportSpec(_Section):
+class ReportSpec(Section):
     """How a report generator's output becomes text (``task: report``).
 
     ``adapter`` names the :mod:`inference.report_generators` adapter: ``token-ids`` runs a network
@@ -266,7 +193,7 @@ class ReportSpec(_Section):
     skip_tokens: tuple[str, ...] = ("<pad>", "<bos>")
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """One model file (or folder) the node may load, pinned by its SHA-256.
 
     ``sha256`` of a folder (MONAI bundle, nnU-Net v2 results folder) is taken over every file in it
@@ -317,8 +244,6 @@ class ModelConfig(_Section):
         if isinstance(value, str):
             if not value.startswith(LABEL_PRESET_PREFIX):
                 raise ValueError(f"labels must be a mapping or {LABEL_PRESET_PREFIX}NAME, got {value!r}")
-            from inference.labels import load_label_table  # here: inference.labels imports this module
-
             return load_label_table(value.removeprefix(LABEL_PRESET_PREFIX))
         return value
 
@@ -328,8 +253,6 @@ class ModelConfig(_Section):
         if isinstance(value, str):
             if not value.startswith(LABEL_PRESET_PREFIX):
                 raise ValueError(f"findings must be a mapping or {LABEL_PRESET_PREFIX}NAME, got {value!r}")
-            from inference.labels import load_finding_table  # here: inference.labels imports this module
-
             return load_finding_table(value.removeprefix(LABEL_PRESET_PREFIX))
         return value
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from dicom_sr.findings import Findings
 from dicom_sr.sc import mask_outline
-from inference.findings import Findings
 from inference.volume import Volume
 
 __all__ = ["LUNG_WINDOW_HU", "render_overlay"]

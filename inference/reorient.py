@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from inference.findings import Findings, Segment
+from dicom_sr.findings import Findings, Segment
 from inference.orientation import AxisMap, axis_map
 from inference.volume import Volume
 

@@ -22,13 +22,13 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dicom_sr.findings import Findings
 from dicom_sr.sc import build_sc
 from dicom_sr.seg import EncodingError, build_seg
 from dicom_sr.sr import build_sr
 from dicom_sr.text import build_text_sr
 from dicom_sr.uids import ResultKind, result_uids
 from inference.errors import InferenceError, NotApplicable
-from inference.findings import Findings
 from inference.pipelines import UnknownPipeline, create
 from inference.registration import onto_grid
 from inference.registry import ModelRegistry

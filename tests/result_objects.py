@@ -26,12 +26,7 @@ import torch
 
 from dicom_sr import codes
 from dicom_sr.codes import Code
-from dicom_sr.sc import build_sc
-from dicom_sr.seg import SegType, build_seg
-from dicom_sr.sr import build_sr
-from dicom_sr.text import build_text_sr
-from dicom_sr.uids import ResultKind, result_uids
-from inference.findings import (
+from dicom_sr.findings import (
     Algorithm,
     Classification,
     Findings,
@@ -40,6 +35,11 @@ from inference.findings import (
     ReportText,
     Segment,
 )
+from dicom_sr.sc import build_sc
+from dicom_sr.seg import SegType, build_seg
+from dicom_sr.sr import build_sr
+from dicom_sr.text import build_text_sr
+from dicom_sr.uids import ResultKind, result_uids
 from inference.labels import load_finding_table, load_label_table
 from inference.model_config import LabelSpec
 from inference.pipelines import create

@@ -24,10 +24,10 @@ from pydantic import ValidationError
 from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage
 
 from dicom_sr import codes
+from dicom_sr.findings import Findings
 from dicom_sr.sr import build_sr
 from dicom_sr.text import MACHINE_GENERATED_PREFIX, build_text_sr, classification_statement
 from inference.errors import ModelChecksumMismatch, ModelFileMissing, ModelFormatError, NotApplicable
-from inference.findings import Findings
 from inference.formats import file_sha256
 from inference.labels import load_finding_table
 from inference.model_config import ImageInputSpec, ModelConfig

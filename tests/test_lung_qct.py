@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from dicom_sr import codes
+from dicom_sr.findings import Findings
 from inference.errors import NotApplicable
-from inference.findings import Findings
 from inference.pipelines import create
 from inference.pipelines.lung_qct import AIR_THRESHOLD_HU, LungQCT, _components
 from inference.volume import Volume, load_series

@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from dicom_sr import codes
-from inference.findings import Findings
+from dicom_sr.findings import Findings
 from inference.formats import file_sha256, open_model
 from inference.model_config import ModelConfig
 from inference.networks.unet3d import UNet3D

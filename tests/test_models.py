@@ -14,8 +14,8 @@ import torch
 from sqlalchemy import select
 
 from dicom_sr.codes import Code
+from dicom_sr.findings import Findings
 from inference.errors import ModelChecksumMismatch, ModelError, ModelFileMissing, ModelFormatError
-from inference.findings import Findings
 from inference.formats import file_sha256, model_sha256, open_model, tree_sha256
 from inference.model_config import shipped_weights_dir
 from inference.pipelines import create

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from dicom_sr import codes
+from dicom_sr.findings import Findings
 from dicom_sr.seg import build_seg
 from dicom_sr.sr import build_sr
-from inference.findings import Findings
 from inference.pipelines import create
 from inference.pipelines.lung_qct import LungQCT
 from inference.registry import ModelRegistry

@@ -14,9 +14,9 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, SegmentationStorage, genera
 from scipy.ndimage import find_objects
 
 from dicom_sr import codes
+from dicom_sr.findings import Algorithm, Findings, Measurement, MeasurementGroup, Segment
 from dicom_sr.seg import EncodingError, SegType, build_seg
 from dicom_sr.uids import ResultKind, derive_uid, result_uids
-from inference.findings import Algorithm, Findings, Measurement, MeasurementGroup, Segment
 from tests.dciodvfy import check_entities, check_iod
 
 CHEST_CT = Path(__file__).parent / "data" / "ct_chest_lungdx_a0001"

@@ -13,11 +13,11 @@ from pydicom.uid import UID, Comprehensive3DSRStorage, ComprehensiveSRStorage, E
 from scipy import ndimage
 
 from dicom_sr import codes
+from dicom_sr.findings import Findings, Measurement, MeasurementGroup
 from dicom_sr.seg import EncodingError
 from dicom_sr.sr import build_sr, device_observer_uid
 from dicom_sr.text import build_text_sr
 from dicom_sr.uids import ResultKind, result_uids
-from inference.findings import Findings, Measurement, MeasurementGroup
 from tests.dciodvfy import check_entities, check_iod
 from tests.result_objects import CHEST_DX, CXR_ALGORITHM, chest_x_ray_findings
 from tests.test_seg import ALGORITHM, CHEST_CT, load_chest_ct, lung_findings, seg_for

@@ -27,8 +27,8 @@ import numpy as np
 import pydicom
 import pytest
 
+from dicom_sr.findings import MeasurementGroup, Segment
 from dicom_sr.text import classification_statement
-from inference.findings import MeasurementGroup, Segment
 from tests.ohif_viewer import CHROMIUM, VIEWER_DIR, OhifServer, ensure_installed
 from tests.orthanc import DICOMWEB_PLUGIN, Orthanc
 from tests.result_objects import CHEST_DX, HEAD_CT_TILTED, MR_BRAIN, Written, write_corpus

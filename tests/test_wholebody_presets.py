@@ -46,11 +46,11 @@ import torch
 import yaml
 
 from dicom_sr import codes
+from dicom_sr.findings import Findings
 from dicom_sr.seg import build_seg
 from dicom_sr.sr import build_sr
 from dicom_sr.uids import ResultKind, result_uids
 from inference.errors import ModelFormatError
-from inference.findings import Findings
 from inference.formats import model_sha256, open_model
 from inference.formats.vista3d import NEVER, EverythingSegmenter
 from inference.labels import load_label_table

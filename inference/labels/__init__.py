@@ -14,7 +14,7 @@ import functools
 import io
 from importlib import resources
 
-from inference.model_config import FindingSpec, LabelSpec
+from inference.label_spec import FindingSpec, LabelSpec
 
 __all__ = ["available_finding_presets", "available_presets", "load_finding_table", "load_label_table"]
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from inference.findings import Findings
+from dicom_sr.findings import Findings
 from inference.volume import Volume
 from inference.xray import RadiographSeries
 

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import torch
 
 from dicom_sr.codes import Code
+from dicom_sr.findings import Algorithm, Classification, Findings
 from inference.errors import ModelError
-from inference.findings import Algorithm, Classification, Findings
 from inference.model_config import ImageInputSpec
 from inference.pipelines.base import ModelPipeline
 from inference.radiograph_input import network_input

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from dicom_sr import codes
+from dicom_sr.findings import Algorithm, Findings, Measurement, MeasurementGroup, Segment
 from inference.errors import NotApplicable
-from inference.findings import Algorithm, Findings, Measurement, MeasurementGroup, Segment
 from inference.volume import Volume
 
 __all__ = [

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from dicom_sr import codes
+from dicom_sr.findings import Algorithm, Findings, ReportText
 from inference.errors import ModelError
-from inference.findings import Algorithm, Findings, ReportText
 from inference.pipelines.base import ModelPipeline
 from inference.report_generators import open_generator
 from inference.xray import RadiographSeries

@@ -24,8 +24,8 @@ from scipy.ndimage import find_objects
 
 from dicom_sr import codes
 from dicom_sr.codes import Code
+from dicom_sr.findings import Algorithm, Findings, Measurement, MeasurementGroup, Segment
 from inference.errors import ModelError, NotApplicable
-from inference.findings import Algorithm, Findings, Measurement, MeasurementGroup, Segment
 from inference.model_config import InputSpec, LabelSpec
 from inference.pipelines.base import VERSION_DIGITS
 from inference.preprocess import labels_to_volume, model_input, probability_to_volume

@@ -1,8 +1,9 @@
-"""What a pipeline found, independent of how it is encoded.
+"""The result contract: what a pipeline found, independent of how it is encoded.
 
-A pipeline maps a :class:`~inference.volume.Volume` to :class:`Findings`; :mod:`dicom_sr` maps
-Findings plus the source headers to DICOM SEG and SR. Masks are numpy arrays on the exact source
-grid (slice, row, column in the Volume's slice order), so the encoders need no torch.
+A pipeline (:mod:`inference`) maps a Volume to :class:`Findings`; the encoders of this package map
+Findings plus the source headers to DICOM SEG and SR. It lives here, torch-free (numpy and the codes
+only), so that both sides import it and nothing in :mod:`dicom_sr` imports :mod:`inference`. Masks
+are numpy arrays on the exact source grid (slice, row, column in the Volume's slice order).
 """
 
 from __future__ import annotations
