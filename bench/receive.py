@@ -52,9 +52,8 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
-from node.config import StorageConfig
+from node.config import FsyncMode, StorageConfig
 from node.db import Database, Instance, Series, Study
-from node.store import FsyncMode
 from tests.dcmtk import STORESCU, StoreSCP, dcmtk_env
 from tests.dicom_files import dicom_files_under
 from tests.node_process import RadnodeProcess

@@ -27,9 +27,9 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from inference.model_config import SHIPPED_PREFIX, ModelConfig, shipped_weights_dir
 from inference.pipelines import available as available_pipelines
 from node.errors import ConfigError
-from node.store import FsyncMode
 
 __all__ = [
+    "FsyncMode",
     "CompletionConfig",
     "Condition",
     "Config",
@@ -49,6 +49,8 @@ __all__ = [
     "load_config",
 ]
 
+FsyncMode = Literal["auto", "grouped", "per_file"]
+"""``storage.fsync``: how a received instance reaches the disk before its C-STORE is answered."""
 DEFAULT_PORT = 11112
 DEFAULT_QUIET_SECONDS = 5.0
 DEFAULT_MIN_FREE_MB = 1024
@@ -145,7 +147,7 @@ class NodeConfig(_Section):
     bind_address: str = "0.0.0.0"
     max_associations: int = Field(default=16, ge=1, le=256)
     network_timeout_seconds: float = Field(default=60.0, gt=0)
-    # empty: everyone may associate; otherwise a caller must match one rule (node/access.py)
+    # empty: everyone may associate; otherwise a caller must match one rule (node/receive/access.py)
     allowed_callers: tuple[AllowedCaller, ...] = ()
     tls: ListenerTLS | None = None
     # private and unknown SOP classes are taken as storage and stored as-is (false: refuse them)
@@ -162,10 +164,10 @@ class StorageConfig(_Section):
     path: Path
     results_path: Path | None = None
     min_free_mb: int = Field(default=DEFAULT_MIN_FREE_MB, ge=0)
-    # None keeps everything; otherwise delivered studies older than this are removed (node/retention.py)
+    # None keeps everything; otherwise delivered studies older than this are removed (node/spool/retention.py)
     retention_days: float | None = Field(default=None, gt=0)
     # grouped: one syncfs(2) shared by concurrent writes; per_file: fdatasync of each file and its
-    # folder; auto: grouped unless other programs have much waiting to be written (node/store.py)
+    # folder; auto: grouped unless other programs have much waiting to be written (node/spool/store.py)
     fsync: FsyncMode = "auto"
 
     @property
@@ -250,7 +252,7 @@ def _check_match_key(key: str) -> str:
 
 
 class Condition(_Section):
-    """What one attribute must satisfy; every given test must hold (node/routing.py).
+    """What one attribute must satisfy; every given test must hold (node/jobs/routing.py).
 
     Written as a value (``Modality: CT``), a list of accepted values (``Modality: [CT, MR]``),
     or a mapping of tests: ``equals`` (a value or list), ``regex`` (searched, Python syntax),

@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from node.config import NodeConfig
 from node.db import Database, Instance
-from node.listener import AssociationTracker, Listener
-from node.store import Spool
+from node.receive.listener import AssociationTracker, Listener
+from node.spool.store import Spool
 from tests.ports import free_port
 
 __all__ = ["ListenerNode", "dataset_bytes", "dataset_values"]

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from node.config import LoggingConfig
-from node.logs import configure_logging
+from node.ops.logs import configure_logging
 
 __all__ = ["kept_log_records"]
 

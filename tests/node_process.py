@@ -32,7 +32,7 @@ START_TIMEOUT_S = 60.0
 def radnode_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the ``radnode`` command (this interpreter's) and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "node.cli", *args],
+        [sys.executable, "-m", "node.ops.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -103,7 +103,7 @@ class RadnodeProcess(ServerProcess):
         """Start ``radnode ARGS`` in the working folder and wait until ``ready()`` (or its exit)."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it until stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", *args],
+            [sys.executable, "-m", "node.ops.cli", *args],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env or dict(os.environ),
         )
         log.close()

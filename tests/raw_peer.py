@@ -11,7 +11,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from node.pdata import COMMAND, LAST, PDU_HEADER, p_data_tf, presentation_data_values, read_command
+from node.receive.pdata import COMMAND, LAST, PDU_HEADER, p_data_tf, presentation_data_values, read_command
 
 __all__ = ["A_ABORT", "A_ASSOCIATE_AC", "Context", "RawPeer", "associate_rq", "pdu"]
 

@@ -11,11 +11,11 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from node.catalog import record_instance
-from node.completion import CompletionWatcher, PacsCounter
 from node.config import CompletionConfig, Destination, Route
 from node.db import Database, Instance, Job, Series, SeriesState
-from node.store import Spool, read_header
+from node.jobs.completion import CompletionWatcher, PacsCounter
+from node.spool.catalog import record_instance
+from node.spool.store import Spool, read_header
 from tests.orthanc import Orthanc
 
 

@@ -70,7 +70,7 @@ def test_production_urls_are_taken_unchanged(tmp_path: Path, database: str, brok
 
 
 def test_redis_visibility_timeout_and_worker_memory_bound_reach_celery(tmp_path: Path) -> None:
-    from node.tasks import create_app
+    from node.jobs.tasks import create_app
 
     text = CONTRACT.replace("sqla+sqlite:///./var/broker.db", "redis://broker.example:6379/0\n"
                             "  visibility_timeout_seconds: 86400")

@@ -1,7 +1,7 @@
 """Delivery exactly once: real peers (a pynetdicom SCP that refuses, Orthanc by C-STORE and STOW-RS).
 
 The jobs here are real: the chest CT's Instance rows point at ``tests/data``, the lung-qct pipeline
-runs on the CPU, and :class:`node.jobs.JobRunner` writes the results and their Delivery rows.
+runs on the CPU, and :class:`node.jobs.runner.JobRunner` writes the results and their Delivery rows.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import SegmentationStorage
 from sqlalchemy import select
 
-from node.catalog import record_instance
 from node.config import Config, parse_config
 from node.db import Database, Delivery, DeliveryState, Job, Result, Series
-from node.delivery import attempt_delivery
+from node.delivery.send import attempt_delivery
 from node.dimse import StoreStatus
 from node.errors import ConfigError
-from node.jobs import JobRunner
-from node.status import render_status
-from node.store import read_header
+from node.jobs.runner import JobRunner
+from node.ops.status import render_status
+from node.spool.catalog import record_instance
+from node.spool.store import read_header
 from tests.dicom_files import dicom_files_under
 from tests.log_records import kept_log_records
 from tests.orthanc import DICOMWEB_PLUGIN, Orthanc

@@ -19,9 +19,9 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from node.dicom_header import IDENTIFYING_KEYWORDS, cut_short, scan_identifiers
 from node.errors import InvalidInstance
-from node.store import read_header
+from node.spool.dicom_header import IDENTIFYING_KEYWORDS, cut_short, scan_identifiers
+from node.spool.store import read_header
 from tests.conftest import DATA_DIR
 from tests.corpus.bad import wire_cases
 

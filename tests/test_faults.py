@@ -419,7 +419,8 @@ def test_broker_and_database_restarts_lose_no_job_and_the_node_reconnects_by_its
             # a worker comes and runs both; then broker and database restart under it too
             with worker_log.open("wb") as out:
                 worker = subprocess.Popen(
-                    [sys.executable, "-m", "node.cli", "worker", "--config", str(node.config_path), "--cpu"],
+                    [sys.executable, "-m", "node.ops.cli", "worker", "--config", str(node.config_path),
+                     "--cpu"],
                     stdout=out, stderr=subprocess.STDOUT)
             wait_for(lambda: _jobs(db), until=lambda jobs: all(s is JobState.NOT_APPLICABLE for s, _ in jobs),
                      timeout=180, interval=1, what="jobs A and B run")

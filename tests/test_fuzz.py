@@ -27,13 +27,13 @@ from sqlalchemy import select
 
 from inference.errors import VolumeError
 from inference.volume import load_series
-from node.completion import CompletionWatcher
 from node.config import CompletionConfig, Route, parse_config
 from node.db import Database, Job, JobState
 from node.dimse import StoreStatus
 from node.errors import InvalidInstance
-from node.jobs import JobRunner
-from node.store import Spool, read_header
+from node.jobs.completion import CompletionWatcher
+from node.jobs.runner import JobRunner
+from node.spool.store import Spool, read_header
 from tests.corpus import send_datasets, synthetic_series
 from tests.corpus.bad import file_cases, real_slice, series_cases, wire_cases
 from tests.dcmtk import storescu

@@ -34,8 +34,8 @@ from sqlalchemy import select
 
 from node.db import Instance
 from node.dimse import StoreStatus
-from node.pdata import COMMAND, LAST, P_DATA_TF, PDU_HEADER, p_data_tf
-from node.store import InstanceHeader, read_header
+from node.receive.pdata import COMMAND, LAST, P_DATA_TF, PDU_HEADER, p_data_tf
+from node.spool.store import InstanceHeader, read_header
 from tests.dimse_bytes import store_request_command
 from tests.inprocess_node import AE_TITLE, InProcessNode
 from tests.raw_peer import A_ABORT, A_ASSOCIATE_AC, Context, RawPeer, associate_rq, pdu

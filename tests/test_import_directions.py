@@ -2,7 +2,9 @@
 
 node (receive → … → delivery) may import inference (the pipelines) and dicom_sr (the result
 objects); inference may import dicom_sr (its result contract, dicom_sr.findings, and the codes) but
-not node; dicom_sr imports neither. Every import counts, module-level, lazy (in a function) or for
+not node; dicom_sr imports neither. Inside node, a stage imports the stages after it in the flow
+(receive → spool → jobs → delivery) and the shared core (node.config, node.db, node.errors, …),
+never one before it and never node.ops, which operates them all. Every import counts, module-level, lazy (in a function) or for
 annotations only, read from the source with ast so that nothing is executed.
 """
 
@@ -59,6 +61,35 @@ def test_a_package_imports_only_the_packages_below_it_in_the_flow(package: str) 
     assert not wrong, wrong
 
 
+#: node's stages in the order one study goes through them
+STAGES = ("node.receive", "node.spool", "node.jobs", "node.delivery")
+CORE = ("node.config", "node.db", "node.dimse", "node.durable", "node.errors", "node.metrics", "node.tls")
+
+
+def _stage(module: str) -> str | None:
+    return next((stage for stage in (*STAGES, "node.ops", *CORE) if module == stage
+                 or module.startswith(stage + ".")), None)
+
+
+def test_each_node_module_is_a_stage_ops_or_the_shared_core() -> None:
+    assert [m for m in MODULES if m.startswith("node.") and _stage(m) is None] == []
+
+
+def test_a_stage_imports_no_stage_before_it_and_the_core_imports_no_stage() -> None:
+    wrong = []
+    for module, targets in GRAPH.items():
+        stage = _stage(module)
+        if stage is None or stage == "node.ops":
+            continue
+        for target in targets:
+            other = _stage(target)
+            if other is None or other in CORE or other == stage:
+                continue
+            if stage in CORE or other == "node.ops" or STAGES.index(other) < STAGES.index(stage):
+                wrong.append(f"{module} imports {target}")
+    assert not wrong, wrong
+
+
 def test_no_module_imports_itself_through_a_cycle() -> None:
     """Tarjan's strongly connected components of the import graph: each must be a single module."""
     index: dict[str, int] = {}
@@ -91,5 +122,5 @@ def test_no_module_imports_itself_through_a_cycle() -> None:
 def test_the_graph_is_read_from_every_module() -> None:
     """The checks above see real edges: e.g. the job runner imports the result contract."""
     assert len(MODULES) > 60
-    assert "dicom_sr.findings" in GRAPH["node.jobs"]
+    assert "dicom_sr.findings" in GRAPH["node.jobs.runner"]
     assert "dicom_sr.findings" in GRAPH["inference.pipelines.lung_qct"]

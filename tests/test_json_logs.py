@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 
 from dicom_sr.seg import build_seg
-from node.logs import JsonFormatter, TextFormatter
+from node.ops.logs import JsonFormatter, TextFormatter
 from tests.dcmtk import storescu
 from tests.log_records import kept_log_records
 from tests.node_process import RadnodeProcess

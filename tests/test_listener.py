@@ -26,8 +26,8 @@ from sqlalchemy import select
 from node.config import NodeConfig
 from node.db import Database, Instance, Series, SeriesState
 from node.dimse import StoreStatus
-from node.listener import AssociationTracker, Listener
-from node.store import Spool
+from node.receive.listener import AssociationTracker, Listener
+from node.spool.store import Spool
 from tests.dcmtk import echoscu, storescu
 from tests.dimse_bytes import store_request_command
 from tests.orthanc import wait_for
@@ -263,8 +263,8 @@ def test_store_left_to_pynetdicom_is_stored_and_the_next_one_is_served_directly(
     """A request whose command set comes in two fragments goes through pynetdicom's own path."""
     from pynetdicom.dsutils import encode
 
-    from node.pdata import COMMAND, LAST, p_data_tf
-    from node.store_path import StoringDUL
+    from node.receive.pdata import COMMAND, LAST, p_data_tf
+    from node.receive.stream_to_disk import StoringDUL
 
     served_directly: list[str] = []
     respond = StoringDUL._respond
@@ -302,7 +302,7 @@ def test_data_set_is_written_as_it_arrives_and_dropped_when_the_association_abor
 ) -> None:
     from pynetdicom.dsutils import encode
 
-    from node.pdata import COMMAND, LAST, p_data_tf
+    from node.receive.pdata import COMMAND, LAST, p_data_tf
 
     ds = pydicom.dcmread(_slices(chest_ct_dir, 1)[0])
     context = association.accepted_contexts[0]
@@ -331,7 +331,7 @@ def test_command_with_a_malformed_uid_is_refused_and_the_association_goes_on(
 ) -> None:
     from pynetdicom.dsutils import encode
 
-    from node.pdata import COMMAND, LAST, p_data_tf
+    from node.receive.pdata import COMMAND, LAST, p_data_tf
 
     first, second = _slices(chest_ct_dir, 2)
     ds = pydicom.dcmread(first)
@@ -359,7 +359,7 @@ def test_command_with_a_malformed_uid_is_refused_and_the_association_goes_on(
 def test_broken_data_fragment_aborts_the_association_and_leaves_no_file(
     node: _Node, association, chest_ct_dir: Path
 ) -> None:
-    from node.pdata import COMMAND, LAST, p_data_tf
+    from node.receive.pdata import COMMAND, LAST, p_data_tf
 
     ds = pydicom.dcmread(_slices(chest_ct_dir, 1)[0])
     context = association.accepted_contexts[0]
@@ -413,7 +413,7 @@ def test_received_file_begins_byte_for_byte_as_pynetdicom_would_write_it(
 ) -> None:
     from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
-    from node.part10 import PREAMBLE, file_meta
+    from node.receive.part10 import PREAMBLE, file_meta
 
     expected = b"\x00" * 128 + b"DICM" + encode_file_meta(
         create_file_meta(sop_class_uid=CTImageStorage, sop_instance_uid=sop_instance, transfer_syntax=syntax)

@@ -21,13 +21,13 @@ from inference.model_config import shipped_weights_dir
 from inference.pipelines import create
 from inference.registry import ModelRegistry
 from inference.volume import Volume, load_series
-from node.catalog import record_instance
-from node.cli import main
 from node.config import Config, parse_config
 from node.db import Database, Job, JobState, Result, Series
 from node.errors import ConfigError
-from node.jobs import JobRunner
-from node.store import read_header
+from node.jobs.runner import JobRunner
+from node.ops.cli import main
+from node.spool.catalog import record_instance
+from node.spool.store import read_header
 from tests.dicom_files import dicom_files_under
 from tests.tiny_models import model_config, save_torchscript, tiny_segmenter
 

@@ -1,6 +1,6 @@
 """The C-STORE receive path's own reading of P-DATA: the same bytes pynetdicom reads and writes.
 
-node/pdata.py and node/store_path.py read command sets and PDV items without pynetdicom's
+node/receive/pdata.py and node/receive/stream_to_disk.py read command sets and PDV items without pynetdicom's
 objects; these tests hold them to pynetdicom's encoders, and to the hand-back of every message
 the path does not serve.
 """
@@ -14,7 +14,7 @@ from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage
 
 from node.dimse import StoreStatus
-from node.pdata import (
+from node.receive.pdata import (
     COMMAND,
     LAST,
     Command,
@@ -23,7 +23,7 @@ from node.pdata import (
     read_command,
     store_response_command,
 )
-from node.store_path import ProtocolError, StoreMessages
+from node.receive.stream_to_disk import ProtocolError, StoreMessages
 from tests.dimse_bytes import store_request_command
 
 _CONTEXT = 1

@@ -1,12 +1,12 @@
 """An upgrade of pynetdicom fails here, by name, before it can change the receive path silently.
 
-node/acceptor.py, node/bounded_dul.py and node/store_path.py subclass pynetdicom 3.0's DUL,
-association, request handler and server (node/delivery.py its AE and socket, for outgoing
-associations), use some of their private attributes, and carry copies of two of its loops (the
-DUL's and the acceptor's reactor) and of the server's ``get_request``. This test pins what they
-rely on: the version pyproject.toml allows, each private name, and the source of each upstream
-function that radnode copied or whose behaviour it builds on. When one fails, read the new
-upstream code, carry its change into radnode's copy, then update the hash.
+node/receive/acceptor.py, node/receive/bounded_dul.py and node/receive/stream_to_disk.py subclass
+pynetdicom 3.0's DUL, association, request handler and server (node/delivery/send.py its AE and
+socket, for outgoing associations), use some of their private attributes, and carry copies of two
+of its loops (the DUL's and the acceptor's reactor) and of the server's ``get_request``. This test
+pins what they rely on: the version pyproject.toml allows, each private name, and the source of
+each upstream function that radnode copied or whose behaviour it builds on. When one fails, read
+the new upstream code, carry its change into radnode's copy, then update the hash.
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ def test_installed_pynetdicom_is_the_version_pyproject_allows() -> None:
 def test_upstream_code_radnode_copied_or_builds_on_is_unchanged(function: Any) -> None:
     assert _source_hash(function) == UPSTREAM_SOURCES[function], (
         f"pynetdicom {pynetdicom.__version__} changed {function.__module__}.{function.__qualname__}: "
-        "compare it with radnode's copy (node/acceptor.py, node/store_path.py, node/bounded_dul.py, "
-        "node/delivery.py)"
+        "compare it with radnode's copy (node/receive/acceptor.py, node/receive/stream_to_disk.py, "
+        "node/receive/bounded_dul.py, node/delivery/send.py)"
     )
 
 

@@ -1,5 +1,5 @@
 """After a crash the spool and the database are put back in step before anyone is served, and no
-acknowledged instance is lost doing it (node/recovery.py)."""
+acknowledged instance is lost doing it (node/spool/recovery.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from sqlalchemy import select, update
 
 from node.db import Instance, Series, SeriesState, Study
 from node.dimse import StoreStatus
-from node.recovery import recover
-from node.store import CLEAN_STOP_MARK
+from node.spool.recovery import recover
+from node.spool.store import CLEAN_STOP_MARK
 from tests.inprocess_node import AE_TITLE, InProcessNode
 
 

@@ -12,9 +12,9 @@ import pytest
 from node.config import StorageConfig
 from node.db import Database, DeliveryState, JobState, utcnow
 from node.errors import NotRetryable
-from node.retention import RetentionSweeper, purge_expired
-from node.retry import retry_job
-from node.status import StudyFilter, render_status
+from node.ops.retry import retry_job
+from node.ops.status import StudyFilter, render_status
+from node.spool.retention import RetentionSweeper, purge_expired
 from tests.catalog_rows import StudyRows, add_study
 from tests.orthanc import wait_for
 

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 
 from node.config import Route, parse_config
 from node.errors import ConfigError
-from node.routing import SeriesFacts, assign, explain
+from node.jobs.routing import SeriesFacts, assign, explain
 from tests.node_process import radnode_cli
 
 BASE_CONFIG: dict[str, Any] = {

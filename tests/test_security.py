@@ -20,14 +20,14 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
-from node.access import RejectDiagnostic
 from node.config import Destination, DestinationTLS, NodeConfig, parse_config
 from node.db import Database, Instance, Series
-from node.delivery import send_files
+from node.delivery.send import send_files
 from node.errors import ConfigError, DestinationUnreachable
-from node.listener import AssociationTracker, Listener
-from node.status import render_status
-from node.store import Spool
+from node.ops.status import render_status
+from node.receive.access import RejectDiagnostic
+from node.receive.listener import AssociationTracker, Listener
+from node.spool.store import Spool
 from tests.corpus import send_datasets, synthetic_series
 from tests.dcmtk import DCMTK_BIN, dcmtk_env, echoscu, storescu
 from tests.inprocess_node import AE_TITLE, InProcessNode

@@ -1,6 +1,6 @@
 """How the spool makes an instance durable (``storage.fsync``): the grouped ``syncfs`` while the
 disk is quiet, a flush of the file and its folder when another program has much waiting to be
-written (node/store.py)."""
+written (node/spool/store.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from node.store import QUIET_DIRTY_BYTES, Committed, DirtyPages, FileSystemSync, Spool, read_header
+from node.spool.store import QUIET_DIRTY_BYTES, Committed, DirtyPages, FileSystemSync, Spool, read_header
 
 pytestmark = pytest.mark.skipif(not FileSystemSync.available(), reason="syncfs(2) is Linux only")
 

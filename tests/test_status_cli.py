@@ -15,7 +15,7 @@ import yaml
 
 from node.config import load_config
 from node.db import Database, Delivery, DeliveryState, Job, JobState, utcnow
-from node.status import parse_since
+from node.ops.status import parse_since
 from tests.catalog_rows import StudyRows, add_study
 from tests.node_process import radnode_cli
 from tests.ports import free_port
@@ -169,7 +169,7 @@ def test_status_on_a_database_that_cannot_be_opened_says_which_with_exit_code_1(
 
 def test_status_into_a_reader_that_went_away_exits_141_without_a_traceback(site: Site) -> None:
     with subprocess.Popen(
-        [sys.executable, "-m", "node.cli", "status", "--config", str(site.config_path)],
+        [sys.executable, "-m", "node.ops.cli", "status", "--config", str(site.config_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     ) as reader_gone:
         assert reader_gone.stdout is not None and reader_gone.stderr is not None

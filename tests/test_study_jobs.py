@@ -30,12 +30,12 @@ from inference.formats import model_sha256
 from inference.labels import load_label_table
 from inference.registration import RegistrationError, onto_grid
 from inference.volume import Volume, load_series
-from node.catalog import record_instance
-from node.completion import CompletionWatcher
 from node.config import CompletionConfig, PipelineOptions, Route, parse_config
 from node.db import Database, Job, JobState, Series
 from node.errors import ConfigError
-from node.store import Spool, read_header
+from node.jobs.completion import CompletionWatcher
+from node.spool.catalog import record_instance
+from node.spool.store import Spool, read_header
 from tests.dciodvfy import check_iod
 from tests.node_process import RadnodeProcess, radnode_cli
 from tests.orthanc import Orthanc

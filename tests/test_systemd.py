@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from node.cli import SYSTEMD_UNITS_DIR, _build_parser
+from node.ops.cli import SYSTEMD_UNITS_DIR, _build_parser
 from tests.node_process import radnode_cli
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")

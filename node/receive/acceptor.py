@@ -6,7 +6,7 @@ handlers. Measured on one storescu association (py-spy, BENCHMARKS.md), its habi
 every instance, and are changed here by subclassing, not by patching pynetdicom:
 
 - C-STORE requests pass through its state machine, PDU, primitive and message objects and both
-  threads: :class:`~node.store_path.StoringDUL` serves them on the DUL thread, straight from the
+  threads: :class:`~node.receive.stream_to_disk.StoringDUL` serves them on the DUL thread, straight from the
   P-DATA bytes, and hands every other message back to pynetdicom; its loop also drops the
   ``time.sleep(0)`` pynetdicom makes on every turn (76 µs each on a virtual machine);
 - the reactor sleeps a fixed 1 ms before each look at the message queue, so each complete
@@ -57,8 +57,8 @@ from pynetdicom import AE, _handlers, evt
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from node.bounded_dul import BoundedDUL
-from node.store_path import StoreHandler, StoringDUL
+from node.receive.bounded_dul import BoundedDUL
+from node.receive.stream_to_disk import StoreHandler, StoringDUL
 
 __all__ = ["ReceivingAssociation", "ReceivingSocket", "start_receiving_server"]
 
@@ -102,7 +102,7 @@ class ReceivingSocket(AssociationSocket):
 
     def push_back(self, data: bytes | bytearray) -> None:
         """Make ``data`` the next bytes :meth:`recv` returns, ahead of what the peer sends next:
-        a PDU read by the C-STORE path (node/store_path.py) and left to pynetdicom."""
+        a PDU read by the C-STORE path (node/receive/stream_to_disk.py) and left to pynetdicom."""
         self._pushed_back = bytes(data) + self._pushed_back
 
     @property

@@ -19,7 +19,7 @@ from pathlib import Path
 from node.config import Config, load_config
 from node.db import Database
 from node.errors import BrokerUnreachable, ConfigError, DatabaseUnavailable, DeliveryError, NotRetryable
-from node.logs import configure_logging
+from node.ops.logs import configure_logging
 
 __all__ = ["main"]
 
@@ -192,7 +192,7 @@ def _at_least_one(text: str) -> int:
 
 
 def _since(text: str) -> datetime:
-    from node.status import parse_since
+    from node.ops.status import parse_since
 
     try:
         return parse_since(text)
@@ -260,7 +260,7 @@ def _config_check(path: Path) -> int:
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
-    from node.service import serve
+    from node.ops.service import serve
 
     try:
         serve(config, with_worker=args.with_worker)
@@ -279,8 +279,8 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 def _worker(config: Config, args: argparse.Namespace) -> int:
     import os
 
-    from node.service import prepare_paths
-    from node.tasks import run_worker
+    from node.jobs.tasks import run_worker
+    from node.ops.service import prepare_paths
 
     device = config.worker.device
     metrics_port = args.metrics_port or config.metrics.worker_port + (args.gpu or 0)
@@ -295,7 +295,7 @@ def _worker(config: Config, args: argparse.Namespace) -> int:
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
-    from node.status import StudyFilter, render_status
+    from node.ops.status import StudyFilter, render_status
 
     db = _open_database(config)
     selection = StudyFilter(limit=args.limit, study_uid=args.study, failed=args.failed, since=args.since)
@@ -304,8 +304,8 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 
 
 def _retry(config: Config, args: argparse.Namespace) -> int:
-    from node.retry import retry_delivery, retry_job
-    from node.tasks import Enqueuer, create_app
+    from node.jobs.tasks import Enqueuer, create_app
+    from node.ops.retry import retry_delivery, retry_job
 
     db = _open_database(config)
     enqueuer = Enqueuer(create_app(config))
@@ -376,7 +376,7 @@ def _model_check(config: Config, args: argparse.Namespace) -> int:
 
 def _send(config: Config, args: argparse.Namespace) -> int:
     from node.config import Destination
-    from node.delivery import send_files, stow_files
+    from node.delivery.send import send_files, stow_files
 
     if args.to:
         if args.to not in config.destinations:
@@ -405,7 +405,7 @@ def _send(config: Config, args: argparse.Namespace) -> int:
 def _route(config: Config, args: argparse.Namespace) -> int:
     from pydicom import dcmread
 
-    from node.routing import SeriesFacts, describe
+    from node.jobs.routing import SeriesFacts, describe
 
     files = _dicom_files([args.path])
     if not files:

@@ -96,8 +96,8 @@ def run_worker(
     ``hostname`` names the worker in Celery and in Job.worker (default: this host's name);
     ``metrics_port`` is where the task-running child serves /metrics when metrics are enabled.
     """
-    from node.delivery import attempt_delivery, pending_deliveries
-    from node.jobs import JobRunner, select_device
+    from node.delivery.send import attempt_delivery, pending_deliveries
+    from node.jobs.runner import JobRunner, select_device
     from node.metrics import serve_metrics
 
     db = Database(config.database.url)

@@ -36,8 +36,8 @@ from inference.reorient import run_on_source
 from inference.volume import Volume, load_series
 from node.config import DEFAULT_FORMATS, Config
 from node.db import Database, Delivery, DeliveryState, Instance, Job, JobState, Result, Series, utcnow
+from node.durable import write_durably
 from node.metrics import JOB_STAGE_SECONDS, JOBS_FINISHED
-from node.store import write_durably
 
 if TYPE_CHECKING:
     from inference.xray import RadiographSeries

@@ -38,14 +38,17 @@ import zlib
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
 
-from node.dicom_header import (
+from node.config import FsyncMode
+from node.durable import fsync_dir, write_durably
+from node.errors import DataSetTooLarge, InvalidInstance, OutOfSpace, StorageError
+from node.spool.dicom_header import (
     IDENTIFYING_KEYWORDS,
     InflatesPastCeiling,
     Resume,
@@ -55,14 +58,12 @@ from node.dicom_header import (
     scan_identifiers,
     scan_identifiers_resumable,
 )
-from node.errors import DataSetTooLarge, InvalidInstance, OutOfSpace, StorageError
 
 __all__ = [
-    "Committed", "FileSystemSync", "FsyncMode", "IncomingFile", "InstanceHeader", "Spool", "check_whole",
-    "read_header", "read_incoming_header", "validate_uid", "write_durably",
+    "Committed", "FileSystemSync", "IncomingFile", "InstanceHeader", "Spool", "check_whole",
+    "read_header", "read_incoming_header", "validate_uid",
 ]
 
-FsyncMode = Literal["auto", "grouped", "per_file"]
 QUIET_DIRTY_BYTES = 4 << 20  # more waiting than this costs more to flush than two per-file flushes
 CLEAN_STOP_MARK = "clean-stop"
 DIRTY_PAGES_MAX_AGE_S = 0.02
@@ -116,7 +117,7 @@ def read_header(part10: bytes | bytearray) -> InstanceHeader:
     """Read and validate the identifying attributes of a Part 10 byte string.
 
     Only the named attributes are decoded; pixel data is never touched. The fast scan
-    (node/dicom_header.py) reads them from the element headers; pydicom reads whatever it is
+    (node/spool/dicom_header.py) reads them from the element headers; pydicom reads whatever it is
     not sure of, and words the refusal of what cannot be decoded.
     """
     scanned = scan_identifiers(part10)
@@ -419,7 +420,7 @@ class Spool:
             created = _replace(incoming.path, path)
             if not grouped:
                 for folder in (path.parent, *(created.parent for created in created)):
-                    _fsync_dir(folder)
+                    fsync_dir(folder)
             elif sync:
                 self.sync()
         except OSError as exc:
@@ -475,7 +476,7 @@ class Spool:
             mark.unlink()
         except FileNotFoundError:
             return False
-        _fsync_dir(self._incoming)
+        fsync_dir(self._incoming)
         return True
 
     def mark_clean_stop(self) -> None:
@@ -523,32 +524,6 @@ def _storage_error(exc: OSError, path: Path) -> StorageError:
     return StorageError(f"cannot write {path}: {exc.strerror}")
 
 
-def write_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` at ``path`` so that after a crash it is either complete or absent.
-
-    tmp file in the same folder → fsync → rename → fsync of the folder (and of new parents).
-    """
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    created: list[Path] = []
-    try:
-        handle = open(tmp, "wb")  # noqa: SIM115 - closed below; the folder may not exist yet
-    except FileNotFoundError:
-        created = [p for p in (path.parent.parent, path.parent) if not p.exists()]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(tmp, "wb")  # noqa: SIM115
-    try:
-        with handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    for folder in (path.parent, *(created.parent for created in created)):
-        _fsync_dir(folder)
-
-
 def _replace(source: Path, path: Path) -> list[Path]:
     """Rename ``source`` to ``path``, creating its folder; return the folders created (their
     parents' entries must be flushed too)."""
@@ -563,11 +538,3 @@ def _replace(source: Path, path: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     os.replace(source, path)
     return created
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

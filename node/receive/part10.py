@@ -5,7 +5,7 @@ pynetdicom's ``Event.encoded_dataset(include_meta=True)`` builds the meta inform
 Dataset and encodes it element by element, then copies the data set twice: about a quarter of the
 listener's CPU time per CT slice (py-spy, BENCHMARKS.md). The group is seven fixed elements, so
 they are written here as bytes, the same bytes pynetdicom writes (tests/test_listener.py); the
-data set follows them into the file as it arrives (node/store_path.py).
+data set follows them into the file as it arrives (node/receive/stream_to_disk.py).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from node.config import Config
 from node.db import Database, Job, JobState, Series, Study, utcnow
 from node.metrics import job_counts
-from node.status import StudyFilter, instance_counts, purges, recent_studies
+from node.ops.status import StudyFilter, instance_counts, purges, recent_studies
 
 __all__ = ["Gpu", "StatusPage", "gpus", "render_page"]
 

@@ -5,14 +5,14 @@ to the association's thread, a DIMSE message object and the service class before
 handler runs; the data set is copied five times on the way and held whole in memory, and the two
 threads take turns. Measured on one storescu association, that was most of the listener's ~4 ms
 of CPU per CT slice (BENCHMARKS.md). Here, while the association is established, the DUL thread
-reads each P-DATA-TF PDU itself (node/pdata.py): a C-STORE request's data set goes from the
+reads each P-DATA-TF PDU itself (node/receive/pdata.py): a C-STORE request's data set goes from the
 socket to the handler's file in chunks of :data:`CHUNK_BYTES` as it arrives (the file is written
 while the sender is still sending, and memory stays one chunk per association whatever the
 instance's size), the handler stores it, and the response goes out as bytes from the same thread.
 
 Everything else stays pynetdicom's: association negotiation, release, abort, timers, C-ECHO and
 any message this path does not serve, which it hands back to pynetdicom as the PDU it received
-(node/acceptor.py's socket puts the bytes back in front of the stream). It only takes a message
+(node/receive/acceptor.py's socket puts the bytes back in front of the stream). It only takes a message
 that begins a PDU's item with a whole C-STORE-RQ command set on an accepted presentation context;
 from the first item it does not take, the rest of that PDU, and every item up to the end of that
 message, is pynetdicom's.
@@ -30,9 +30,9 @@ from typing import Any, Protocol
 
 from pynetdicom.pdu import A_ABORT_RQ
 
-from node.bounded_dul import MAXIMUM_PDVS_PER_PDU, BoundedDUL, lost_reason
 from node.errors import InvalidInstance
-from node.pdata import (
+from node.receive.bounded_dul import MAXIMUM_PDVS_PER_PDU, BoundedDUL, lost_reason
+from node.receive.pdata import (
     COMMAND,
     ITEM_HEADER,
     LAST,
@@ -45,7 +45,7 @@ from node.pdata import (
     read_command,
     store_response_command,
 )
-from node.store import validate_uid
+from node.spool.store import validate_uid
 
 __all__ = ["CHUNK_BYTES", "Incoming", "StoreHandler", "StoreMessages", "StoreRequest", "StoreRequestInfo",
            "StoringDUL"]
@@ -83,7 +83,7 @@ class Incoming(Protocol):
         """Drop it: the association ended, or broke the protocol, before the data set did."""
 
 
-# Begins receiving an instance; the listener's (node/listener.py).
+# Begins receiving an instance; the listener's (node/receive/listener.py).
 StoreHandler = Callable[[StoreRequestInfo], Incoming]
 
 
@@ -198,7 +198,7 @@ class StoringDUL(BoundedDUL):
     """pynetdicom's DUL, serving C-STORE requests itself while the association is established.
 
     Its loop is pynetdicom's without the ``time.sleep(0)`` before each look at the socket: the
-    socket (node/acceptor.py) already waits until there is something to do, and on a virtual
+    socket (node/receive/acceptor.py) already waits until there is something to do, and on a virtual
     machine each such sleep lasts the kernel's 50 µs timer slack and more: 76 µs measured here,
     six per CT slice, a fifth of the time per instance (BENCHMARKS.md).
     """
@@ -267,7 +267,7 @@ class StoringDUL(BoundedDUL):
             return
         messages = self._messages_of_association()
         sock: Any = self.socket
-        header = self._read_pdu_header()  # within the limits (node/bounded_dul.py), else None
+        header = self._read_pdu_header()  # within the limits (node/receive/bounded_dul.py), else None
         if header is None:
             messages.abandon()
             return

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from node.config import PipelineInput, PipelineOptions
 from node.db import Job, JobState, Series, SeriesState, as_utc, utcnow
-from node.routing import Assignment, SeriesFacts, evaluate
+from node.jobs.routing import Assignment, SeriesFacts, evaluate
 
 __all__ = ["MISSING_INPUT", "StudyJobs", "series_facts"]
 

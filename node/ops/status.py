@@ -1,6 +1,6 @@
 """`radnode status`: what arrived, what ran, what was delivered — read from the database.
 
-The same selection (``StudyFilter``) feeds the status page (node/web.py).
+The same selection (``StudyFilter``) feeds the status page (node/ops/web.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from node.db import Database, Delivery, DeliveryState, Instance, Job, JobState, Result, Series, Study, utcnow
-from node.retention import Purge
+from node.spool.retention import Purge
 
 __all__ = ["StudyFilter", "instance_counts", "parse_since", "recent_studies", "render_status"]
 

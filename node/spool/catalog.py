@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from node.db import Database, Instance, Series, SeriesState, Study, utcnow
-from node.store import InstanceHeader
+from node.spool.store import InstanceHeader
 
 __all__ = ["Catalog", "record_instance"]
 

@@ -10,7 +10,7 @@ whole first, then handed to pynetdicom from memory:
   error: one log line, and the state machine aborts (Evt19) before a byte of the body is read;
 - so is a P-DATA-TF of more than :data:`MAXIMUM_PDVS_PER_PDU` PDV items: a 1 MiB PDU holds up to
   174,762 empty ones, each an object once decoded (over 100 MB), where real senders put one or two;
-- a connection that closes or stalls (the socket has the network timeout, node/acceptor.py)
+- a connection that closes or stalls (the socket has the network timeout, node/receive/acceptor.py)
   inside a PDU ends the association with one log line (Evt17);
 - once the association is aborting (Sta13, awaiting the transport's close), what arrives is
   discarded unread, in bounded reads, until the peer closes or the ARTIM timer closes it.
@@ -23,7 +23,7 @@ from typing import Any
 
 from pynetdicom.dul import DULServiceProvider
 
-from node.pdata import P_DATA_TF, PDU_HEADER, count_items
+from node.receive.pdata import P_DATA_TF, PDU_HEADER, count_items
 
 __all__ = [
     "MAXIMUM_CONTROL_PDU_BYTES", "MAXIMUM_PDVS_PER_PDU", "UNLIMITED_PDU_BYTES", "BoundedDUL", "lost_reason",
@@ -126,7 +126,7 @@ class BoundedDUL(DULServiceProvider):
 
     def _end_the_wait_for_a_request(self) -> None:
         """Before an A-ASSOCIATE-RQ the association thread waits for it up to the ACSE timeout,
-        holding its negotiation slot (node/acceptor.py) after the connection is gone; ``None`` is
+        holding its negotiation slot (node/receive/acceptor.py) after the connection is gone; ``None`` is
         what that wait returns on its timeout: the thread ends the association now."""
         if self.state_machine.current_state == _AWAITING_REQUEST:
             self.to_user_queue.put(None)  # type: ignore[arg-type]

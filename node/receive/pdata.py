@@ -1,6 +1,6 @@
 """P-DATA-TF PDUs and DIMSE command sets, read and written as bytes (PS3.8 9.3.5, PS3.7 6.3, 9.3.1).
 
-The receive path (node/store_path.py) reads C-STORE requests itself instead of through
+The receive path (node/receive/stream_to_disk.py) reads C-STORE requests itself instead of through
 pynetdicom's PDU, primitive and message objects, which copy a CT slice's 512 KiB several times
 and cost most of the listener's CPU per instance (BENCHMARKS.md). This module is the little it
 needs: the presentation data values of a P-DATA-TF PDU, the elements of a command set, and the

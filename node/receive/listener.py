@@ -2,7 +2,7 @@
 
 The C-STORE handler is thin: it reads the identifying attributes (never the pixel data), writes
 the received bytes as they are (no transcoding), records the row, flushes both to disk (one
-grouped flush, node/store.py), and only then answers Success. Any failure becomes a precise
+grouped flush, node/spool/store.py), and only then answers Success. Any failure becomes a precise
 failure status with an ErrorComment and a log line; the association goes on serving the next
 instance.
 """
@@ -24,18 +24,18 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
-from node.acceptor import start_receiving_server
-from node.access import AccessPolicy
-from node.catalog import Catalog
 from node.config import NodeConfig
 from node.db import Database
 from node.dimse import StoreStatus
 from node.errors import DataSetTooLarge, InvalidInstance, OutOfSpace, StorageError, WrongPresentationContext
 from node.metrics import ASSOCIATIONS_REJECTED, INSTANCES_RECEIVED, INSTANCES_REFUSED, RECEIVED_BYTES
-from node.part10 import PREAMBLE, file_meta
-from node.recovery import recover
-from node.store import IncomingFile, Spool, check_whole, read_incoming_header, validate_uid
-from node.store_path import Incoming, StoreRequestInfo
+from node.receive.acceptor import start_receiving_server
+from node.receive.access import AccessPolicy
+from node.receive.part10 import PREAMBLE, file_meta
+from node.receive.stream_to_disk import Incoming, StoreRequestInfo
+from node.spool.catalog import Catalog
+from node.spool.recovery import recover
+from node.spool.store import IncomingFile, Spool, check_whole, read_incoming_header, validate_uid
 from node.tls import server_context
 
 __all__ = ["AssociationTracker", "Listener"]
@@ -108,7 +108,7 @@ class Listener:
         self.db = db
         self.tracker = tracker
         database_file = db.engine.url.database if db.engine.dialect.name == "sqlite" else None
-        # one flush per instance when the spool's sync also covers the SQLite file (node/catalog.py)
+        # one flush per instance when the spool's sync also covers the SQLite file (node/spool/catalog.py)
         self.catalog = Catalog(
             db, deferred_durability=database_file is not None and spool.covers(Path(database_file))
         )
@@ -151,7 +151,8 @@ class Listener:
             (evt.EVT_REQUESTED, AccessPolicy(self.config.allowed_callers).on_requested),
         ]
         tls = server_context(self.config.tls) if self.config.tls is not None else None
-        # pynetdicom's acceptor; C-STORE requests served straight from the P-DATA bytes (node/acceptor.py)
+        # pynetdicom's acceptor; C-STORE requests served straight from the P-DATA bytes
+        # (node/receive/acceptor.py)
         self._server = start_receiving_server(
             ae, (self.config.bind_address, self.config.port), self.receive, evt_handlers=handlers,
             ssl_context=tls,
@@ -188,7 +189,7 @@ class Listener:
         self.tracker.ended(id(event.assoc))
 
     def _on_store(self, event: evt.Event) -> Dataset | int:
-        """A C-STORE request that pynetdicom served (node/store_path.py serves the others)."""
+        """A C-STORE request that pynetdicom served (node/receive/stream_to_disk.py serves the others)."""
         request = event.request
         incoming = self.receive(StoreRequestInfo(
             sop_class_uid=str(request.AffectedSOPClassUID or ""),
@@ -281,7 +282,7 @@ class Listener:
 
 
 class _IncomingInstance:
-    """An instance on its way into the spool (node/store_path.py's Incoming): the Part 10 file
+    """An instance on its way into the spool (node/receive/stream_to_disk.py's Incoming): the Part 10 file
     begins with its meta information, the data set follows as it arrives. A refusal found early
     (a malformed UID in the command, a full disk, an I/O error) is kept, the rest of the data set
     is read and dropped, and the refusal is answered when the data set is complete."""

@@ -22,11 +22,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import CompletionConfig, Destination, PipelineOptions, Route
 from node.db import Database, Instance, Job, JobState, Series, SeriesState, Study, as_utc, utcnow
-from node.delivery import RequestorAE, open_association
+from node.delivery.send import RequestorAE, open_association
 from node.dimse import FindStatus
 from node.errors import BrokerUnreachable, DeliveryError
-from node.routing import assign
-from node.study_jobs import StudyJobs, series_facts
+from node.jobs.routing import assign
+from node.jobs.study_jobs import StudyJobs, series_facts
 
 __all__ = ["CompletionWatcher", "PacsCounter"]
 

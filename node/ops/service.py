@@ -14,14 +14,14 @@ import sys
 import threading
 from pathlib import Path
 
-from node.completion import CompletionWatcher, PacsCounter
 from node.config import Config
 from node.db import Database, Delivery, DeliveryState
-from node.listener import AssociationTracker, Listener
+from node.jobs.completion import CompletionWatcher, PacsCounter
+from node.jobs.tasks import Enqueuer, create_app
 from node.metrics import NodeCollector, serve_metrics
-from node.retention import RetentionSweeper
-from node.store import Spool
-from node.tasks import Enqueuer, create_app
+from node.receive.listener import AssociationTracker, Listener
+from node.spool.retention import RetentionSweeper
+from node.spool.store import Spool
 
 __all__ = ["prepare_paths", "serve"]
 
@@ -58,7 +58,7 @@ class _WorkerSupervisor:
     """Keeps one `radnode worker` child running for the all-in-one node."""
 
     def __init__(self, config_path: Path) -> None:
-        self.command = [sys.executable, "-m", "node.cli", "worker", "--config", str(config_path)]
+        self.command = [sys.executable, "-m", "node.ops.cli", "worker", "--config", str(config_path)]
         self.process: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True)
@@ -91,7 +91,7 @@ def serve(config: Config, *, with_worker: bool) -> None:
     """Run the listener (and a worker) until SIGTERM or SIGINT."""
     prepare_paths(config)
     db = Database(config.database.url)
-    db.create_schema()  # node.retention is imported: its Purge table is created too
+    db.create_schema()  # node.spool.retention is imported: its Purge table is created too
     spool = Spool(config.storage.path, config.storage.min_free_mb * 2**20, fsync=config.storage.fsync)
     tracker = AssociationTracker()
     enqueuer = Enqueuer(create_app(config))
@@ -117,7 +117,7 @@ def serve(config: Config, *, with_worker: bool) -> None:
         serve_metrics(config.metrics.bind, config.metrics.port, NodeCollector(db, config.storage.path))
     page = None
     if config.web.enabled:
-        from node.web import StatusPage
+        from node.ops.web import StatusPage
 
         page = StatusPage(db, config)
         page.start()

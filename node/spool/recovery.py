@@ -27,9 +27,9 @@ from pathlib import Path
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 
-from node.catalog import Catalog
 from node.errors import StorageError
-from node.store import Spool, read_header
+from node.spool.catalog import Catalog
+from node.spool.store import Spool, read_header
 
 __all__ = ["Recovery", "recover"]
 
