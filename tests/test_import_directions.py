@@ -2,10 +2,11 @@
 
 node (receive → … → delivery) may import inference (the pipelines) and dicom_sr (the result
 objects); inference may import dicom_sr (its result contract, dicom_sr.findings, and the codes) but
-not node; dicom_sr imports neither. Inside node, a stage imports the stages after it in the flow
-(receive → spool → jobs → delivery) and the shared core (node.config, node.db, node.errors, …),
-never one before it and never node.ops, which operates them all. Every import counts, module-level, lazy (in a function) or for
-annotations only, read from the source with ast so that nothing is executed.
+not node; dicom_sr imports neither. Inside node, a stage imports the stages after it in the
+flow (receive → spool → jobs → delivery) and the shared core (node.config, node.db, node.errors,
+…), never one before it and never node.ops, which operates them all. Every import counts,
+module-level, lazy (in a function) or for annotations only, read from the source with ast so that
+nothing is executed.
 """
 
 from __future__ import annotations
