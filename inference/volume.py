@@ -49,6 +49,7 @@ _STACK_KEYWORDS = ("AcquisitionNumber", "TemporalPositionIdentifier", "EchoNumbe
 # and on a busy 2-core host they loaded a 300-slice CT faster than 2 (bench/volume.py)
 _READ_THREADS = 8
 _RADIATION_DOSE_SR = "1.2.840.10008.5.1.4.1.1.88.67"
+_STRUCTURED_REPORTS = "1.2.840.10008.5.1.4.1.1.88."  # every SR SOP class (PS3.4 B.5): documents, no pixels
 # Secondary Capture, and its multi-frame forms (PS3.4 B.5)
 _SECONDARY_CAPTURE = {"1.2.840.10008.5.1.4.1.1.7", *(f"1.2.840.10008.5.1.4.1.1.7.{k}" for k in range(1, 5))}
 # Transfer syntaxes whose Pixel Data is the plain little-endian array once pydicom has read the file
@@ -239,10 +240,9 @@ def _skip_non_tomographic(datasets: list[pydicom.Dataset]) -> None:
     if all("LOCALIZER" in _image_type(ds) for ds in datasets):
         raise NotApplicable(f"skipped: the series is a localizer (scout: ImageType LOCALIZER, "
                             f"{len(datasets)} image(s)), not a tomographic volume")
-    if not any("PixelData" in ds for ds in datasets):
-        kind = ("a radiation dose report" if str(datasets[0].get("SOPClassUID")) == _RADIATION_DOSE_SR
-                else f"SOP class {datasets[0].get('SOPClassUID', '?')}, "
-                     f"Modality {datasets[0].get('Modality', '?')}")
+    if all(str(ds.get("SOPClassUID", "")).startswith(_STRUCTURED_REPORTS) for ds in datasets):
+        kind = ("a radiation dose report" if str(datasets[0].SOPClassUID) == _RADIATION_DOSE_SR
+                else f"a structured report, SOP class {datasets[0].SOPClassUID}")
         raise NotApplicable(f"skipped: the series holds no images ({kind})")
     if all(str(ds.get("SOPClassUID")) in _SECONDARY_CAPTURE or "SCREEN SAVE" in _image_type(ds)
            for ds in datasets):

@@ -28,7 +28,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE
 DEFAULT_CONFIG = Path("/etc/radnode/radnode.yaml")
-SYSTEMD_UNITS_DIR = Path(__file__).resolve().parent.parent / "systemd"
+SYSTEMD_UNITS_DIR = Path(__file__).resolve().parents[2] / "systemd"
 DEFAULT_UNIT_DEST = Path("/etc/systemd/system")
 
 
