@@ -13,26 +13,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 import torch
 
 from dicom_sr.findings import Findings, Segment
 from inference.orientation import AxisMap, axis_map
+from inference.pipelines.base import Pipeline
 from inference.volume import Volume
 
 __all__ = ["reoriented", "run_on_source"]
 
 
-class _VolumePipeline(Protocol):
-    name: str
-    version: str
-
-    def run(self, volume: Volume, device: torch.device) -> Findings: ...
-
-
-def run_on_source(pipeline: _VolumePipeline, volume: Volume, device: torch.device,
+def run_on_source(pipeline: Pipeline, volume: Volume, device: torch.device,
                   extra: Sequence[torch.Tensor] = ()) -> Findings:
     """``pipeline.run`` on ``volume`` (turned to ``pipeline.orientation`` when it names one), with the
     findings on the source grid and naming the source's images and frames.
