@@ -1,5 +1,7 @@
 """Findings + source headers → DICOM SEG and TID 1500 SR; knows nothing about models.
 
+    dicom_sr.errors  RadnodeError, the root of every radnode error, and EncodingError
+    dicom_sr.enums   the enumerated DICOM values radnode chooses between (SegType)
     dicom_sr.codes   the coded concepts radnode writes (plain values, no pydicom)
     dicom_sr.findings  the result contract pipelines return (Findings, Segment, …; numpy only)
     dicom_sr.uids    deterministic ``2.25.`` UIDs: a re-run replaces, never duplicates
@@ -8,8 +10,9 @@
     dicom_sr.text    build_text_sr: report text, classifications → Comprehensive SR with TEXT items
     dicom_sr.sc      build_sc: key slices with the segments burned in → Secondary Capture images
 
-The names below are loaded on first use (PEP 562), so ``import dicom_sr.codes`` and
-``dicom_sr.findings`` stay free of highdicom: :mod:`inference` imports them without it.
+The names below are loaded on first use (PEP 562), so ``import dicom_sr.codes``, ``dicom_sr.enums``,
+``dicom_sr.errors`` and ``dicom_sr.findings`` stay free of highdicom: :mod:`inference` and
+:mod:`node.config` import them without it.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dicom_sr.codes import Code
+    from dicom_sr.enums import SegType
+    from dicom_sr.errors import EncodingError, RadnodeError
     from dicom_sr.sc import build_sc
-    from dicom_sr.seg import EncodingError, SegType, build_seg
+    from dicom_sr.seg import build_seg
     from dicom_sr.sr import build_sr
     from dicom_sr.text import build_text_sr
     from dicom_sr.uids import ResultKind, ResultUIDs, derive_uid, result_uids
@@ -28,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Code",
     "EncodingError",
+    "RadnodeError",
     "ResultKind",
     "ResultUIDs",
     "SegType",
@@ -41,10 +47,11 @@ __all__ = [
 
 _MODULE_OF = {
     "Code": "dicom_sr.codes",
-    "EncodingError": "dicom_sr.seg",
+    "EncodingError": "dicom_sr.errors",
+    "RadnodeError": "dicom_sr.errors",
     "ResultKind": "dicom_sr.uids",
     "ResultUIDs": "dicom_sr.uids",
-    "SegType": "dicom_sr.seg",
+    "SegType": "dicom_sr.enums",
     "build_sc": "dicom_sr.sc",
     "build_seg": "dicom_sr.seg",
     "build_sr": "dicom_sr.sr",

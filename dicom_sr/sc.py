@@ -74,7 +74,8 @@ def mask_outline(mask: np.ndarray) -> np.ndarray:
     interior[:-1, :] &= mask[1:, :]
     interior[:, 1:] &= mask[:, :-1]
     interior[:, :-1] &= mask[:, 1:]
-    return mask & ~interior
+    outline: np.ndarray = mask & ~interior  # numpy types operators on a bare ndarray as Any
+    return outline
 
 
 def render_slice(
@@ -91,7 +92,8 @@ def render_slice(
         color = np.asarray(segment.color_rgb, dtype=np.float32)
         rgb[mask] = (1.0 - _FILL_OPACITY) * rgb[mask] + _FILL_OPACITY * color
         rgb[mask_outline(mask)] = color
-    return np.rint(rgb).astype(np.uint8)
+    burned: np.ndarray = np.rint(rgb).astype(np.uint8)  # a ufunc's result is typed Any
+    return burned
 
 
 def _plane(header: pydicom.Dataset, frame: int | None, sequence: str, keyword: str) -> list[float]:
@@ -163,7 +165,8 @@ def build_sc(
                 instance_number=number,
                 manufacturer=manufacturer,
                 patient_orientation=_patient_orientation(orientation),
-                pixel_spacing=(spacing[0], spacing[1]),
+                # highdicom annotates it tuple[int, int]; Pixel Spacing is DS (decimal), as passed
+                pixel_spacing=(spacing[0], spacing[1]),  # type: ignore[arg-type]
                 transfer_syntax_uid=ExplicitVRLittleEndian,
                 manufacturer_model_name=algorithm.name,
                 software_versions=algorithm.version,

@@ -1,6 +1,6 @@
 """Findings → DICOM Segmentation (PS3.3 A.51 Segmentation IOD), via highdicom.
 
-Three encodings (:class:`SegType`, chosen per pipeline in the configuration):
+Three encodings (:class:`~dicom_sr.enums.SegType`, chosen per pipeline in the configuration):
 
     binary      1 bit per pixel, one frame per (segment, slice) that the segment touches (default)
     fractional  8 bits per pixel, Segment.probability × 255 (PROBABILITY, C.8.20.2.3)
@@ -15,9 +15,9 @@ that slice's Image Position (Patient), so the SEG aligns pixel for pixel with th
 
 Errors::
 
-    EncodingError (ValueError)   the findings and source cannot make a valid object; the message
-                                 names the rule. highdicom's own ValueError/TypeError are
-                                 translated here, once, with ``raise … from exc``.
+    EncodingError (dicom_sr.errors)   the findings and source cannot make a valid object; the
+                                      message names the rule. highdicom's own ValueError/TypeError
+                                      are translated here, once, with ``raise … from exc``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from enum import StrEnum
 
 import highdicom as hd
 import numpy as np
@@ -42,6 +41,8 @@ from pydicom.uid import (
 )
 
 from dicom_sr import codes
+from dicom_sr.enums import SegType, parse
+from dicom_sr.errors import EncodingError
 from dicom_sr.findings import Findings, Segment
 from dicom_sr.uids import derive_uid
 
@@ -56,18 +57,6 @@ DEFAULT_DEVICE_SERIAL_NUMBER = "0"
 _CS_FORBIDDEN = re.compile(r"[^A-Z0-9 _]")
 _CS_MAX_LENGTH = 16
 _LO_MAX_LENGTH = 64
-
-
-class EncodingError(ValueError):
-    """Findings plus source headers cannot be encoded as a valid DICOM object."""
-
-
-class SegType(StrEnum):
-    """How segments are encoded (Segmentation Type, PS3.3 C.8.20.2; LABELMAP: its own SOP class)."""
-
-    BINARY = "binary"
-    FRACTIONAL = "fractional"
-    LABELMAP = "labelmap"
 
 
 def coded_concept(code: codes.Code) -> hd.sr.CodedConcept:
@@ -258,7 +247,8 @@ def _frame_item(image: pydicom.Dataset, frame: int, sequence: str) -> pydicom.Da
     """A functional group of frame ``frame``: its own, else the shared one."""
     groups = [image.PerFrameFunctionalGroupsSequence[frame - 1],
               *image.get("SharedFunctionalGroupsSequence", [])]
-    found = next((group.get(sequence)[0] for group in groups if group.get(sequence)), None)
+    found: pydicom.Dataset | None = next((group.get(sequence)[0] for group in groups if group.get(sequence)),
+                                         None)
     if found is None:
         raise EncodingError(f"frame {frame} of {image.SOPInstanceUID} has no {sequence}: "
                             "it cannot be placed")
@@ -331,7 +321,7 @@ def _pixel_array(findings: Findings, shape: tuple[int, int], seg_type: SegType) 
     if seg_type is SegType.FRACTIONAL:
         return np.stack(
             [
-                segment.full_probability() if segment.probability is not None
+                probability if (probability := segment.full_probability()) is not None
                 else segment.full_mask().astype(np.float32)
                 for segment in segments
             ],
@@ -427,7 +417,7 @@ def build_seg(
         raise EncodingError("findings have no segments: there is nothing to put in a SEG")
     if not any(segment.mask.any() for segment in findings.segments):
         raise EncodingError("every segment mask is empty: a SEG needs at least one frame")
-    seg_type = SegType(seg_type)
+    seg_type = parse(SegType, seg_type, "seg_type")
     shape = _check_source(findings, source)
     algorithm = findings.algorithm
     if series_description is None:

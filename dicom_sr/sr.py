@@ -188,7 +188,7 @@ def _group(
     group: MeasurementGroup,
     findings: Findings,
     source: Sequence[pydicom.Dataset],
-    images: Sequence[pydicom.Dataset],
+    images: Sequence[_SliceImage],
     seg: pydicom.Dataset | None,
     sop_instance_uid: str,
 ) -> list[_Group]:

@@ -17,6 +17,8 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
+from dicom_sr.enums import parse
+
 __all__ = ["RADNODE_UID_NAMESPACE", "ResultKind", "ResultUIDs", "derive_uid", "result_uids"]
 
 #: Fixed namespace of radnode's name-based UUIDs. Never change it: every derived UID would change.
@@ -75,7 +77,7 @@ def result_uids(
     LABELMAP SEG): an instance UID must never be reused for a different object. The default
     variant ("") leaves the identity, and so every UID written before, unchanged.
     """
-    kind = ResultKind(kind)
+    kind = parse(ResultKind, kind, "kind")
     identity = (
         source_series_instance_uid,
         pipeline_name,

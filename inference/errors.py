@@ -1,9 +1,12 @@
-"""Errors raised by :mod:`inference`.
+"""Errors raised by :mod:`inference`: the InferenceError branch of radnode's tree (:mod:`node.errors`).
 
-    InferenceError
+    InferenceError (RadnodeError)
     ├── VolumeError        the series cannot be turned into a Volume (the message names why)
+    │   └── RegistrationError   another series cannot be put on the reference grid (inference.registration)
     ├── RadiographError    the CR/DX image cannot be used as a 2-D radiograph (the message names why)
     ├── NotApplicable      the pipeline does not apply to this series (e.g. no lungs in it)
+    ├── UnknownPipeline    a route names a pipeline radnode does not have (inference.pipelines; also
+    │                      a LookupError)
     └── ModelError         a configured model cannot be used (the message names the file or key)
         ├── ModelFileMissing       the file or folder is not where the YAML says
         ├── ModelChecksumMismatch  its SHA-256 differs from the YAML's
@@ -14,6 +17,8 @@ A job that ends with either is a *clear* outcome recorded on the job, not a cras
 """
 
 from __future__ import annotations
+
+from dicom_sr.errors import RadnodeError
 
 __all__ = [
     "BackendUnavailable",
@@ -28,7 +33,7 @@ __all__ = [
 ]
 
 
-class InferenceError(Exception):
+class InferenceError(RadnodeError):
     """Base class of every error :mod:`inference` raises on purpose."""
 
 

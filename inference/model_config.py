@@ -9,6 +9,7 @@ shipped inside radnode itself (``radnode:lung_unet.ts`` is ``inference/weights/l
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,6 +31,7 @@ __all__ = [
     "ModelConfig",
     "Normalization",
     "ReportSpec",
+    "Task",
     "shipped_weights_dir",
 ]
 
@@ -193,6 +195,14 @@ class ReportSpec(Section):
     skip_tokens: tuple[str, ...] = ("<pad>", "<bos>")
 
 
+class Task(StrEnum):
+    """What a model does (``models.NAME.task``); it picks the pipeline that runs it."""
+
+    SEGMENTATION = "segmentation"
+    CLASSIFICATION = "classification"
+    REPORT = "report"
+
+
 class ModelConfig(Section):
     """One model file (or folder) the node may load, pinned by its SHA-256.
 
@@ -207,7 +217,7 @@ class ModelConfig(Section):
     file: Path
     format: Literal["torchscript", "onnx", "monai_bundle", "nnunetv2"]
     sha256: Sha256
-    task: Literal["segmentation", "classification", "report"] = "segmentation"
+    task: Task = Task.SEGMENTATION
     backend: Literal["auto", "tensorrt", "onnxruntime", "torch"] = "auto"
     # GPU only: CPUs always run fp32
     precision: Literal["fp32", "fp16"] = "fp16"
@@ -218,7 +228,7 @@ class ModelConfig(Section):
     # nnU-Net v2: which trained configuration and folds (an ensemble when several; "all" is the
     # fold_all model trained on every case) and checkpoint
     configuration: str = "3d_fullres"
-    folds: list[Annotated[int, Field(ge=0)] | Literal["all"]] = [0]  # pydantic copies the default
+    folds: list[Annotated[int, Field(ge=0)] | Literal["all"]] = [0]  # noqa: RUF012 (pydantic copies it)
     checkpoint: str = "checkpoint_final.pth"
     # how labels find the model's outputs: by value (the keys of labels are output values) or by name
     # (each class the model names, in nnU-Net's dataset.json or a bundle's metadata, takes the label
@@ -258,7 +268,7 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _self_describing_or_described(self) -> ModelConfig:
-        if self.task == "segmentation":
+        if self.task == Task.SEGMENTATION:
             # by value, not by the keys given: a dumped-and-reloaded segmentation config gives every key
             misplaced = [key for key in ("image", "findings", "thresholds", "report") if getattr(self, key)]
             misplaced += ["outputs"] if self.outputs != "logits" else []
@@ -283,7 +293,7 @@ class ModelConfig(Section):
                              "(size, channels, mean, std)")
         if self.image is None:
             raise ValueError(f"a {task} model needs image (size, channels, resize, mean, std)")
-        if task == "report":
+        if task == Task.REPORT:
             if self.report is None:
                 raise ValueError("a report model needs report (adapter, vocabulary, vocabulary_sha256)")
             if self.findings or self.thresholds:
@@ -313,4 +323,4 @@ class ModelConfig(Section):
     @property
     def network_input(self) -> InputSpec | ImageInputSpec | None:
         """What the network takes: the 3-D ``input`` of a segmentation model, else the 2-D ``image``."""
-        return self.input if self.task == "segmentation" else self.image
+        return self.input if self.task == Task.SEGMENTATION else self.image

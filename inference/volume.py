@@ -321,7 +321,8 @@ def _group_item(sources: Sequence[pydicom.Dataset], sequence: str) -> pydicom.Da
     """A functional group's item: the frame's own (first source) if it has one, else the shared one."""
     for source in sources:
         if source.get(sequence):
-            return source[sequence][0]
+            item: pydicom.Dataset = source[sequence][0]  # a sequence's items are datasets
+            return item
     return None
 
 

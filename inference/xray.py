@@ -20,7 +20,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_voi
+from pydicom.pixels.processing import apply_modality_lut, apply_voi  # pydicom.pixels has no __all__
 
 from inference.errors import NotApplicable, RadiographError
 
@@ -163,7 +163,7 @@ def _spacing(ds: Dataset) -> tuple[tuple[float, float] | None, SpacingSource | N
     return None, None
 
 
-def _first(value: float | MultiValue) -> float:
+def _first(value: float | MultiValue[float]) -> float:
     """Window Center/Width may hold several windows; the first is the modality's default."""
     return float(value[0]) if isinstance(value, MultiValue) else float(value)
 

@@ -24,20 +24,21 @@ from pydantic import (
 )
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
+from dicom_sr.enums import SegType
 from inference.model_config import SHIPPED_PREFIX, ModelConfig, shipped_weights_dir
 from inference.pipelines import available as available_pipelines
-from node.errors import ConfigError
+from node.errors import ConfigError, RadnodeError
 
 __all__ = [
-    "FsyncMode",
+    "AllowedCaller",
     "CompletionConfig",
     "Condition",
     "Config",
     "DatabaseConfig",
     "DeliveryConfig",
-    "AllowedCaller",
     "Destination",
     "DestinationTLS",
+    "FsyncMode",
     "ListenerTLS",
     "LoggingConfig",
     "MetricsConfig",
@@ -338,7 +339,7 @@ class PipelineOptions(_Section):
     """
 
     # binary (default), fractional (probability maps) or labelmap (Label Map Segmentation, DICOM 2024)
-    seg_type: Literal["binary", "fractional", "labelmap"] = "binary"
+    seg_type: SegType = SegType.BINARY
     # one model, or several whose label maps are merged in order (later ones win where two overlap):
     # TotalSegmentator's 1.5 mm task is five part models
     model: str | Annotated[list[str], Field(min_length=1)] | None = None
@@ -529,8 +530,8 @@ class Config(_Section):
         return self
 
 
-class _KeyedError(ValueError):
-    """A cross-field error that knows which key it is about."""
+class _KeyedError(RadnodeError, ValueError):
+    """A cross-field error that knows which key it is about (a ValueError, so pydantic reports it)."""
 
     def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
         self.loc = loc
@@ -583,9 +584,9 @@ def _resolve_sqlite_url(url: str, base: Path) -> str:
     return match.group(1) + str((base / match.group(2)).resolve())
 
 
-def _line_index(node: yaml.Node, path: tuple[str | int, ...] = ()) -> dict[tuple, int]:
+def _line_index(node: yaml.Node, path: tuple[str | int, ...] = ()) -> dict[tuple[str | int, ...], int]:
     """Map every key path in a composed YAML document to its 1-based line."""
-    lines: dict[tuple, int] = {path: node.start_mark.line + 1}
+    lines: dict[tuple[str | int, ...], int] = {path: node.start_mark.line + 1}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             child = (*path, key_node.value)
@@ -643,7 +644,7 @@ def _inner_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _where(source: str, lines: dict[tuple, int], loc: tuple[str | int, ...]) -> str:
+def _where(source: str, lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> str:
     for end in range(len(loc), -1, -1):
         if loc[:end] in lines:
             return f"{source}:{lines[loc[:end]]}"
@@ -694,5 +695,10 @@ def load_config(path: Path) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the configuration file: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        data = path.read_bytes()[: exc.start]
+        line, column = data.count(b"\n") + 1, exc.start - (data.rfind(b"\n") + 1) + 1
+        raise ConfigError([f"{path}:{line}:{column}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
+                           "save the file as UTF-8"]) from exc
     config = parse_config(text, base=path.resolve().parent, source=str(path))
     return config.model_copy(update={"source": path.resolve()})

@@ -5,14 +5,21 @@
 
 SQLite (WAL, synchronous=FULL, so a commit survives power loss) is the embedded default;
 PostgreSQL is the production database, shared by listener and workers on several hosts.
+
+The schema is versioned: Alembic revisions in node/spool/migrations, from the first release's
+tables on. Every process upgrades to the newest at start (``Database.upgrade``), one at a time.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -27,9 +34,16 @@ from sqlalchemy import (
     create_engine,
     event,
     inspect,
+    text,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
-from sqlalchemy.schema import CreateColumn
+
+from node.errors import DatabaseUnavailable
+
+if TYPE_CHECKING:  # Alembic itself is imported when the schema is looked at (half a second)
+    from alembic.config import Config as MigrationConfig
+    from alembic.script import ScriptDirectory
 
 __all__ = [
     "Database",
@@ -42,11 +56,22 @@ __all__ = [
     "Series",
     "SeriesState",
     "Study",
+    "head_revision",
+    "migration_config",
+    "radnode_table",
     "utcnow",
 ]
 
+log = logging.getLogger("radnode.db")
+
 UID = String(64)
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+#: Alembic's env.py and versions/; in the spool stage, whose Purge model they create too
+MIGRATIONS = Path(__file__).resolve().parent / "spool" / "migrations"
+#: pg_advisory_xact_lock key: one radnode process at a time upgrades a PostgreSQL database
+_UPGRADE_LOCK_KEY = 0x7261646E6F6465  # "radnode"
+#: the column each revision added first, newest first: where a database from before migrations stands
+_LEGACY_MARKERS = (("0003", "job", "inputs"), ("0002", "series", "calling_address"))
 
 
 def utcnow() -> datetime:
@@ -103,7 +128,7 @@ def _state(kind: type[enum.StrEnum]) -> Enum:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: _UTCDateTime()}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: _UTCDateTime()}
 
 
 class Study(Base):
@@ -236,10 +261,51 @@ class Database:
         self.engine: Engine = _make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
+    def upgrade(self) -> tuple[str | None, str]:
+        """Bring the schema to the newest revision; (revision before, head). Every process calls it.
+
+        A database from before migrations is stamped with the revision it has, then upgraded from
+        there. One process at a time (``_upgrade_lock``): the others wait, then find it at head.
+        """
+        from alembic import command
+        from alembic.runtime.migration import MigrationContext
+
+        head = head_revision()
+        with self.engine.begin() as connection, _upgrade_lock(connection):
+            before = MigrationContext.configure(connection).get_current_revision()
+            legacy = None if before is not None else _legacy_revision(connection)
+            if legacy is not None:
+                command.stamp(migration_config(connection), legacy)
+                before = legacy
+            elif before is not None and before not in _known_revisions():
+                raise DatabaseUnavailable(
+                    f"the database schema is at revision {before}, which this radnode does not know"
+                    f" (its newest is {head}): install the radnode version that wrote it"
+                )
+            if before != head:
+                command.upgrade(migration_config(connection), "head")
+        if before != head:
+            shown = f"{before} (from before migrations)" if legacy else before or "an empty database"
+            log.info("database schema upgraded from %s to %s", shown, head)
+        elif legacy:
+            log.info("database schema from before migrations stamped at %s", head)
+        return before, head
+
     def create_schema(self) -> None:
-        """Create missing tables and columns (idempotent; every process may call it at start)."""
-        Base.metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        """The name every caller knows: ``upgrade()``."""
+        self.upgrade()
+
+    def current_revision(self) -> str | None:
+        """The revision the database is stamped with (None: empty, or from before migrations)."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def legacy_revision(self) -> str | None:
+        """The revision an unstamped database from before migrations has (None: none of its tables)."""
+        with self.engine.connect() as connection:
+            return _legacy_revision(connection)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -251,19 +317,67 @@ class Database:
         self.engine.dispose()
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    """Additive schema changes: a column added to a model after its table was created.
+def migration_config(connection: Connection) -> MigrationConfig:
+    """Alembic's configuration in code (no alembic.ini ships): the migrations run on ``connection``."""
+    from alembic.config import Config as MigrationConfig
 
-    Such columns carry a server default, so existing rows get a value without a migration tool.
+    config = MigrationConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    from alembic.config import Config as MigrationConfig
+    from alembic.script import ScriptDirectory
+
+    config = MigrationConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config)
+
+
+def head_revision() -> str:
+    """The newest schema revision this version of radnode knows."""
+    head = _scripts().get_current_head()
+    assert head is not None, f"no migrations in {MIGRATIONS}"
+    return head
+
+
+def _known_revisions() -> set[str]:
+    return {script.revision for script in _scripts().walk_revisions()}
+
+
+def radnode_table(name: str | None, type_: str, parent_names: object) -> bool:
+    """Alembic's include_name: compare only radnode's tables (a shared database holds others)."""
+    return type_ != "table" or name in Base.metadata.tables
+
+
+@contextmanager
+def _upgrade_lock(connection: Connection) -> Iterator[None]:
+    """Held until ``connection``'s transaction ends, so that concurrent starts upgrade one at a time.
+
+    SQLite: the transaction began with BEGIN IMMEDIATE (``_make_engine``), the database's write lock;
+    others wait for it up to the busy timeout. PostgreSQL: a transaction-level advisory lock.
     """
-    with engine.begin() as connection:
-        inspector = inspect(connection)  # the same connection: SQLite's write lock is held by it
-        for table in Base.metadata.sorted_tables:
-            present = {column["name"] for column in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name not in present:
-                    ddl = CreateColumn(column).compile(dialect=engine.dialect)
-                    connection.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _UPGRADE_LOCK_KEY})
+    yield
+
+
+def _legacy_revision(connection: Connection) -> str | None:
+    """The revision of a database that radnode's tables were created in before it had migrations.
+
+    Those versions ran ``create_all`` and then added each new column (never removed one), so the
+    newest column present tells the revision; None when there are no radnode tables to place.
+    """
+    inspector = inspect(connection)
+    if not inspector.has_table("study"):
+        return None
+    for revision, table, column in _LEGACY_MARKERS:
+        if column in {found["name"] for found in inspector.get_columns(table)}:
+            return revision
+    return "0001"
 
 
 def _make_engine(url: str) -> Engine:

@@ -22,9 +22,13 @@ ensure_project test
 ensure_viewer
 
 cd "$RADNODE_ROOT"
-say "running tests: .venv/bin/python -m pytest -q $*"
+# static checks first (seconds): configured in pyproject.toml, both must be clean
+say "ruff check . && mypy (strict: node, inference, dicom_sr)"
+.venv/bin/ruff check . || die "ruff found the problems above"
+.venv/bin/mypy || die "mypy --strict found the type errors above"
+say "running tests: .venv/bin/python -m pytest -q --durations=25 $*"
 status=0
-.venv/bin/python -m pytest -q "$@" || status=$?
+.venv/bin/python -m pytest -q --durations=25 "$@" || status=$?
 if [ "$status" -eq 5 ]; then
     die "pytest collected no tests (exit 5)"
 fi

@@ -259,7 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the viewer makes hundreds of small requests
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         self.server.site.note(f"{self.address_string()} {format % args}")
 
     def _dispatch(self) -> None:
@@ -275,7 +275,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the browser gave up on this request (navigation, abort)
 
     # BaseHTTPRequestHandler dispatches on do_<METHOD>; every method takes the same route
-    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_OPTIONS = _dispatch  # noqa: N815
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_OPTIONS = _dispatch
 
     def _send_bytes(self, status: HTTPStatus, body: bytes, content_type: str, *, cache: bool = False) -> None:
         self.send_response(status)

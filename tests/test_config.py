@@ -133,7 +133,7 @@ def test_every_command_is_documented_in_help() -> None:
     for command in ("serve", "worker", "status", "config", "send"):
         assert command in result.stdout
         sub = radnode_cli(command, "--help")
-        assert sub.returncode == 0 and "--config" in sub.stdout or command == "config"
+        assert (sub.returncode == 0 and "--config" in sub.stdout) or command == "config"
 
 
 def test_a_key_given_twice_is_refused_with_both_lines(tmp_path: Path) -> None:
@@ -162,6 +162,16 @@ def test_a_yaml_syntax_error_is_reported_as_file_line_and_column(tmp_path: Path)
     result = radnode_cli("config", "check", str(path))
     assert result.returncode == 2
     assert result.stderr.startswith(f"{path}:3:9: not valid YAML: "), result.stderr
+
+
+def test_a_file_that_is_not_utf8_is_reported_at_its_first_bad_byte(tmp_path: Path) -> None:
+    # an editor saved Latin-1: a clear error with where, not a UnicodeDecodeError traceback
+    path = tmp_path / "radnode.yaml"
+    path.write_bytes(CONTRACT.encode() + "node:\n  ae_title: RAD\u00e9\n".encode("latin-1"))
+    line = CONTRACT.count("\n") + 2
+    result = radnode_cli("config", "check", str(path))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"{path}:{line}:16: not UTF-8 text (byte 0xe9); save the file as UTF-8\n"
 
 
 def test_the_demo_configuration_listens_on_this_machine_only() -> None:

@@ -312,7 +312,7 @@ def test_vocabulary_missing_or_replaced_fails_naming_the_file_and_key(
                                                r"models.cxr-report.report.vocabulary"):
         read_vocabulary(REPORT_MODEL, moved)
     (tmp_path / "vocabulary.txt").write_text("<eos>\n", encoding="utf-8")
-    with pytest.raises(ModelChecksumMismatch, match="models.cxr-report.report.vocabulary_sha256 expects"):
+    with pytest.raises(ModelChecksumMismatch, match=r"models\.cxr-report\.report\.vocabulary_sha256 expects"):
         read_vocabulary(REPORT_MODEL, moved)
 
 

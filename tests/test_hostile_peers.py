@@ -259,7 +259,7 @@ def _before_pixel_data(ds: pydicom.Dataset) -> bytes:
 def test_a_data_set_flagged_complete_before_its_end_is_refused_and_not_stored(
     node, chest_ct_dir: Path, cut: str
 ) -> None:
-    ds, data_set = _ct_data_set(chest_ct_dir)
+    ds, _ = _ct_data_set(chest_ct_dir)
     ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["cut", cut])
     whole = _explicit_le(ds)
     sent = whole[: len(whole) - 1000] if cut == "inside the pixel data" else _before_pixel_data(ds)

@@ -104,7 +104,7 @@ def test_left_right_comes_from_patient_coordinates_not_image_columns(chest: Volu
     mirrored = dataclasses.replace(
         chest,
         voxels=chest.voxels.flip(2).contiguous(),
-        orientation=(-1.0, 0.0, 0.0) + chest.orientation[3:],
+        orientation=(-1.0, 0.0, 0.0, *chest.orientation[3:]),
         positions=tuple((x + (columns - 1) * chest.spacing[2], y, z)
                         for x, y, z in chest.positions),
     )
@@ -147,7 +147,7 @@ def test_chest_ct_without_aerated_lungs_is_not_applicable(chest: Volume) -> None
     interior = voxels[:, 130:420, 80:440]
     interior[interior < AIR_THRESHOLD_HU] = 40.0  # soft tissue wherever the body held air
 
-    with pytest.raises(NotApplicable, match="no lungs found|no air-filled region"):
+    with pytest.raises(NotApplicable, match=r"no lungs found|no air-filled region"):
         LungQCT().run(dataclasses.replace(chest, voxels=voxels), CPU)
 
 

@@ -81,3 +81,8 @@ def test_metrics_count_a_study_from_receipt_to_delivery(tmp_path: Path, chest_ct
         assert value(worker, "radnode_job_stage_seconds_count", pipeline="lung-qct", stage=stage) == count
         assert value(worker, "radnode_job_stage_seconds_sum", pipeline="lung-qct", stage=stage) > 0
     assert value(worker, "radnode_delivery_attempts_total", destination="pacs", outcome="retrying") is None
+    # each process exports what it counts, not the other's families at 0
+    listener_only = ("radnode_instances", "radnode_received", "radnode_associations", "radnode_queue")
+    worker_only = ("radnode_jobs_finished", "radnode_job_stage", "radnode_delivery")
+    assert not [name for name, _ in worker if name.startswith(listener_only)]
+    assert not [name for name, _ in listener if name.startswith(worker_only)]

@@ -264,7 +264,7 @@ class _TLSStoreSCP:
         ]  # fmt: skip
 
     def __enter__(self) -> _TLSStoreSCP:
-        self.log = open(self.folder.parent / "storescp.log", "wb")  # noqa: SIM115 - closed in __exit__
+        self.log = open(self.folder.parent / "storescp.log", "wb")
         self.process = subprocess.Popen(self.args, env=dcmtk_env(), stdout=self.log, stderr=subprocess.STDOUT)
         tls = _tls_args(self.pki.client_key, self.pki.client_cert, self.pki.ca_cert)
         wait_for(

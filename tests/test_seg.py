@@ -516,6 +516,6 @@ def test_seg_of_an_enhanced_image_references_each_source_frame_and_sits_on_it(so
 
 def test_seg_of_a_multi_frame_source_without_frame_numbers_is_refused_with_a_clear_reason() -> None:
     headers, findings = multi_frame_body()
-    with pytest.raises(EncodingError, match="repeats images .* name no frame numbers"):
+    with pytest.raises(EncodingError, match=r"repeats images .* name no frame numbers"):
         build_seg(dataclasses.replace(findings, source_frame_numbers=()), headers, series_number=9901,
                   series_instance_uid=generate_uid(), sop_instance_uid=generate_uid())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 
 import highdicom as hd
@@ -195,7 +196,7 @@ def _inside(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Pixels whose centre lies inside ``polygon`` ((column, row) vertices), by ray casting."""
     rows, columns = np.mgrid[: shape[0], : shape[1]] + 0.5
     inside = np.zeros(shape, dtype=bool)
-    for (x0, y0), (x1, y1) in zip(polygon[:-1], polygon[1:], strict=True):
+    for (x0, y0), (x1, y1) in itertools.pairwise(polygon):
         if y0 == y1:
             continue
         crosses = (rows >= min(y0, y1)) & (rows < max(y0, y1))

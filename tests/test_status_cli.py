@@ -128,7 +128,7 @@ def test_retry_requeues_a_failed_job_as_a_new_attempt(site: Site) -> None:
 def test_retry_delivery_requeues_a_failed_delivery_with_a_fresh_budget(site: Site) -> None:
     delivery_id = site.failed_delivery.delivery_ids[1]
     before = site.queued_messages()
-    code, out, err = site.run("retry", "--delivery", str(delivery_id))
+    code, _, err = site.run("retry", "--delivery", str(delivery_id))
     assert code == 0, err
     with site.db.session() as session:
         delivery = session.get(Delivery, delivery_id)

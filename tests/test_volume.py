@@ -288,7 +288,7 @@ def test_rejects_an_empty_series() -> None:
 
 
 def test_rejects_a_file_that_is_not_dicom() -> None:
-    with pytest.raises(VolumeError, match="LICENSE.TCIA.txt"):
+    with pytest.raises(VolumeError, match=r"LICENSE\.TCIA\.txt"):
         load_series([CHEST / "LICENSE.TCIA.txt"])
 
 
@@ -341,7 +341,7 @@ def test_a_screen_captured_dose_sheet_is_skipped_with_its_reason(chest_paths: li
 
 def test_rejects_time_points_of_an_enhanced_mr_as_duplicated_positions() -> None:
     """Four real Siemens Enhanced MR files: 4 time points of the same 6 slice positions."""
-    with pytest.raises(VolumeError, match="18 pair.* share a position along the normal") as caught:
+    with pytest.raises(VolumeError, match=r"18 pair.* share a position along the normal") as caught:
         load_series(SIEMENS_EPI)
     assert "frame 1" in str(caught.value)
 
@@ -389,7 +389,7 @@ def test_rejects_enhanced_frame_without_a_plane_position(tmp_path: Path) -> None
     def drop_position(i: int, ds: pydicom.Dataset) -> None:
         del ds.PerFrameFunctionalGroupsSequence[2].PlanePositionSequence
 
-    with pytest.raises(VolumeError, match="frame 3 of .* has no PlanePositionSequence"):
+    with pytest.raises(VolumeError, match=r"frame 3 of .* has no PlanePositionSequence"):
         load_series(_copies(SIEMENS_EPI[:1], tmp_path, drop_position))
 
 

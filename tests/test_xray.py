@@ -102,7 +102,7 @@ def test_ct_image_is_not_a_radiograph(dx: Dataset) -> None:
 
 def test_for_processing_image_is_refused_with_what_to_send(dx: Dataset) -> None:
     dx.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1.1"
-    with pytest.raises(RadiographError, match="raw detector data.*For Presentation"):
+    with pytest.raises(RadiographError, match=r"raw detector data.*For Presentation"):
         load_radiograph(dx)
 
 

@@ -5,26 +5,35 @@ reason. ``auto`` tries, best first, TensorRT (on CUDA, when installed), ONNX Run
 a backend that cannot apply here is skipped (logged with why), and one that should apply but
 fails to load or to run a probe batch is logged as a WARNING naming the failure before the next
 is tried, so a slower backend is never chosen silently.
+
+Each backend is a :class:`~inference.backends.base.BackendPlugin` of its own module, registered
+in :data:`BACKENDS` in ``auto``'s order; the modules (and torch.onnx, ONNX Runtime, TensorRT) are
+imported only when a backend is checked or opened.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 
 import torch
 
-from inference.backends.base import Backend
+from inference.backends.base import Backend, BackendPlugin
 from inference.errors import BackendUnavailable
 from inference.formats.base import ModelSource
 from inference.model_config import ImageInputSpec
+from inference.plugins import PluginRegistry
 
-__all__ = ["AUTO_ORDER", "Backend", "open_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendPlugin", "open_backend"]
 
 log = logging.getLogger("radnode.inference")
 
-AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")
+BACKENDS: PluginRegistry[BackendPlugin] = PluginRegistry("backend", {
+    "tensorrt": "inference.backends.tensorrt_backend:PLUGIN",
+    "onnxruntime": "inference.backends.onnxruntime_backend:PLUGIN",
+    "torch": "inference.backends.torch_backend:PLUGIN",
+})
+"""Every backend by the name ``backend:`` takes, best first: the order ``auto`` tries them in."""
 
 
 def open_backend(source: ModelSource, choice: str, device: torch.device, precision: str,
@@ -35,8 +44,8 @@ def open_backend(source: ModelSource, choice: str, device: torch.device, precisi
         log.info("model %s runs on %s (configured)", source.name, backend.describe())
         return backend
     reasons: list[str] = []
-    for candidate in AUTO_ORDER:
-        skip = _not_applicable(candidate, source, device)
+    for candidate in BACKENDS.names():
+        skip = BACKENDS.get(candidate).why_unavailable(source, device)
         if skip is not None:
             reasons.append(f"{candidate} skipped: {skip}")
             continue
@@ -52,63 +61,19 @@ def open_backend(source: ModelSource, choice: str, device: torch.device, precisi
     raise BackendUnavailable(f"model {source.name!r}: no backend can run it here: {'; '.join(reasons)}")
 
 
-def _not_applicable(candidate: str, source: ModelSource, device: torch.device) -> str | None:
-    """Why ``auto`` need not even try ``candidate`` here (None: try it)."""
-    if candidate == "tensorrt":
-        if device.type != "cuda":
-            return "no CUDA device"
-        if importlib.util.find_spec("tensorrt") is None:
-            return "not installed (pip install 'radnode[tensorrt]')"
-    if candidate == "onnxruntime":
-        if importlib.util.find_spec("onnxruntime") is None:
-            return "not installed"
-        if device.type == "cuda":
-            import onnxruntime
-
-            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-                return "no CUDAExecutionProvider (onnxruntime-gpu provides it)"
-    if candidate == "torch" and source.build_module is None:
-        return "the model is an ONNX file, which torch cannot run"
-    return None
-
-
 def _open(choice: str, source: ModelSource, device: torch.device, precision: str, cache_dir: Path,
           torch_compile: bool) -> Backend:
     try:
-        backend = _construct(choice, source, device, precision, cache_dir, torch_compile)
+        plugin = BACKENDS.get(choice)
+    except KeyError:
+        raise BackendUnavailable(
+            f"unknown backend {choice!r}; known: auto, {', '.join(BACKENDS.names())}"
+        ) from None
+    try:
+        backend = plugin.construct(source, device, precision, cache_dir, torch_compile)
     except RuntimeError as exc:  # e.g. CUDA out of memory while moving the weights
         raise BackendUnavailable(f"{choice} cannot load model {source.name!r}: {exc}") from exc
     _probe(backend, source)
-    return backend
-
-
-def _construct(choice: str, source: ModelSource, device: torch.device, precision: str, cache_dir: Path,
-               torch_compile: bool) -> Backend:
-    backend: Backend
-    if choice == "torch":
-        if source.build_module is None:
-            raise BackendUnavailable(
-                f"model {source.name!r} is an ONNX file, which the torch backend cannot run "
-                "(use backend: onnxruntime or tensorrt)"
-            )
-        from inference.backends.torch_backend import TorchBackend
-
-        backend = TorchBackend(source.build_module(), device, precision, torch_compile)
-    elif choice == "onnxruntime":
-        from inference.backends.export import onnx_for
-        from inference.backends.onnxruntime_backend import OnnxRuntimeBackend
-
-        backend = OnnxRuntimeBackend(onnx_for(source, cache_dir), device)
-    elif choice == "tensorrt":
-        from inference.backends.export import onnx_for
-        from inference.backends.tensorrt_backend import TensorRTBackend
-
-        if device.type != "cuda":  # before exporting anything: the reason an admin needs first
-            raise BackendUnavailable("TensorRT needs a CUDA device; this worker runs on the CPU")
-        backend = TensorRTBackend(onnx_for(source, cache_dir), source.sha256, source.input, device,
-                                  precision, cache_dir)
-    else:
-        raise BackendUnavailable(f"unknown backend {choice!r}; known: auto, {', '.join(AUTO_ORDER)}")
     return backend
 
 

@@ -1,12 +1,19 @@
-"""The one interface every inference backend (torch, ONNX Runtime, TensorRT) implements."""
+"""The one interface every inference backend (torch, ONNX Runtime, TensorRT) implements, and the
+plugin by which a backend module offers itself to :mod:`inference.backends`."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-__all__ = ["Backend"]
+if TYPE_CHECKING:
+    from inference.formats.base import ModelSource
+
+__all__ = ["Backend", "BackendPlugin"]
 
 
 class Backend(Protocol):
@@ -24,3 +31,17 @@ class Backend(Protocol):
     def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
 
     def describe(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class BackendPlugin:
+    """A backend as :data:`inference.backends.BACKENDS` registers it (cf. pydicom's decoder plugins).
+
+    ``why_unavailable(source, device)`` says cheaply, importing no optional package it lacks, why
+    ``auto`` need not try this backend here (None: try it); ``construct(source, device, precision,
+    cache_dir, torch_compile)`` loads the backend, or raises BackendUnavailable with the reason an
+    admin who chose it explicitly needs.
+    """
+
+    why_unavailable: Callable[[ModelSource, torch.device], str | None]
+    construct: Callable[[ModelSource, torch.device, str, Path, bool], Backend]

@@ -58,7 +58,8 @@ def onnx_for(source: ModelSource, cache_dir: Path) -> Path:
                 warnings.filterwarnings("ignore", message=message)
             # tracing an eval-mode network warns about data-dependent branches (InstanceNorm's
             # shape checks) that are constant for every patch; the export is still exact
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            # torch.jit exports TracerWarning (its documented name) but leaves it out of __all__
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # type: ignore[attr-defined]
             warnings.filterwarnings("ignore", message="ONNX export mode is set to TrainingMode.EVAL")
             torch.onnx.export(
                 source.build_module(), (example,), str(partial), dynamo=False,

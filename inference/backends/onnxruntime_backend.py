@@ -5,13 +5,17 @@ Runs fp32 on both (the ONNX graph is the exported fp32 network); TensorRT is the
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
 
+from inference.backends.base import BackendPlugin
+from inference.backends.export import onnx_for
 from inference.errors import BackendUnavailable
+from inference.formats.base import ModelSource
 
-__all__ = ["OnnxRuntimeBackend"]
+__all__ = ["PLUGIN", "OnnxRuntimeBackend"]
 
 
 class OnnxRuntimeBackend:
@@ -66,6 +70,26 @@ class OnnxRuntimeBackend:
     def describe(self) -> str:
         """E.g. ``onnxruntime 1.32.0 (CPUExecutionProvider, fp32)``."""
         return f"onnxruntime {self._version} ({self._session.get_providers()[0]}, fp32)"
+
+
+def _why_unavailable(source: ModelSource, device: torch.device) -> str | None:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "not installed"
+    if device.type == "cuda":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            return "no CUDAExecutionProvider (onnxruntime-gpu provides it)"
+    return None
+
+
+def _construct(source: ModelSource, device: torch.device, precision: str, cache_dir: Path,
+               torch_compile: bool) -> OnnxRuntimeBackend:
+    return OnnxRuntimeBackend(onnx_for(source, cache_dir), device)
+
+
+PLUGIN = BackendPlugin(_why_unavailable, _construct)
+"""Runs the model's ONNX form (exported into ``cache_dir`` if need be), fp32, on the CPU or CUDA."""
 
 
 def _first_line(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ typing), which TensorRT 11 removed in favour of strongly typed fp16 ONNX graphs.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import time
@@ -22,10 +23,13 @@ from typing import Any
 
 import torch
 
+from inference.backends.base import BackendPlugin
+from inference.backends.export import onnx_for
 from inference.errors import BackendUnavailable
+from inference.formats.base import ModelSource
 from inference.model_config import ImageInputSpec, InputSpec
 
-__all__ = ["WORKSPACE_BYTES", "TensorRTBackend", "engine_key"]
+__all__ = ["PLUGIN", "WORKSPACE_BYTES", "TensorRTBackend", "engine_key"]
 
 log = logging.getLogger("radnode.inference")
 
@@ -134,6 +138,26 @@ class TensorRTBackend:
         origin = "engine built" if self.built else "engine from cache"
         return (f"tensorrt {self._trt.__version__} on {torch.cuda.get_device_name(self.device)} "
                 f"({self._precision}, {origin})")
+
+
+def _why_unavailable(source: ModelSource, device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return "no CUDA device"
+    if importlib.util.find_spec("tensorrt") is None:
+        return "not installed (pip install 'radnode[tensorrt]')"
+    return None
+
+
+def _construct(source: ModelSource, device: torch.device, precision: str, cache_dir: Path,
+               torch_compile: bool) -> TensorRTBackend:
+    if device.type != "cuda":  # before exporting anything: the reason an admin needs first
+        raise BackendUnavailable("TensorRT needs a CUDA device; this worker runs on the CPU")
+    return TensorRTBackend(onnx_for(source, cache_dir), source.sha256, source.input, device, precision,
+                           cache_dir)
+
+
+PLUGIN = BackendPlugin(_why_unavailable, _construct)
+"""Builds (or loads from ``cache_dir``) an engine of the model's ONNX form: first in ``auto``, on CUDA."""
 
 
 def _write_atomically(path: Path, data: Any) -> None:

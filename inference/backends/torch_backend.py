@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from inference.backends.base import BackendPlugin
 from inference.errors import BackendUnavailable
+from inference.formats.base import ModelSource
 
-__all__ = ["TorchBackend"]
+__all__ = ["PLUGIN", "TorchBackend"]
 
 
 class TorchBackend:
@@ -41,3 +45,21 @@ class TorchBackend:
         """E.g. ``torch on cuda:0 (fp16 autocast, torch.compile)``."""
         modes = ["fp16 autocast" if self._half else "fp32"] + (["torch.compile"] if self._compiled else [])
         return f"torch on {self.device} ({', '.join(modes)})"
+
+
+def _why_unavailable(source: ModelSource, device: torch.device) -> str | None:
+    return "the model is an ONNX file, which torch cannot run" if source.build_module is None else None
+
+
+def _construct(source: ModelSource, device: torch.device, precision: str, cache_dir: Path,
+               torch_compile: bool) -> TorchBackend:
+    if source.build_module is None:
+        raise BackendUnavailable(
+            f"model {source.name!r} is an ONNX file, which the torch backend cannot run "
+            "(use backend: onnxruntime or tensorrt)"
+        )
+    return TorchBackend(source.build_module(), device, precision, torch_compile)
+
+
+PLUGIN = BackendPlugin(_why_unavailable, _construct)
+"""Runs anything torch can load: last in ``auto``, the fallback that always applies to a torch model."""

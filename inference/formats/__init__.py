@@ -107,7 +107,7 @@ def open_model(name: str, config: ModelConfig) -> ModelSource:
     if config.labels_by == "value":
         source: ModelSource = opener.open_source(name, config, config.sha256)  # checked above
         return source
-    named = opener.open_source(name, config.model_copy(update={"labels": {}}), config.sha256)
+    named: ModelSource = opener.open_source(name, config.model_copy(update={"labels": {}}), config.sha256)
     return dataclasses.replace(named, labels=_labels_by_name(name, config, named.class_names))
 
 

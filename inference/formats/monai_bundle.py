@@ -134,7 +134,7 @@ class _Bundle:
     def input_spec(self, metadata: dict[str, Any]) -> InputSpec:
         """InputSpec from ``preprocessing``, ``inferer`` and ``postprocessing`` (see the module docstring)."""
         inputs = metadata.get("network_data_format", {}).get("inputs", {})
-        image = inputs.get("image") or next(iter(inputs.values()), {})
+        image: object = inputs.get("image") or next(iter(inputs.values()), {})
         channels = int(image.get("num_channels", 1)) if isinstance(image, dict) else 1
         spec: dict[str, Any] = {"channels": channels}
         base, spacing_first = "preprocessing::transforms", False

@@ -34,6 +34,8 @@ def is_vista3d(network: torch.nn.Module) -> bool:
 class EverythingSegmenter(torch.nn.Module):
     """(N, 1, z, y, x) → (N, classes, z, y, x): VISTA3D asked for ``labels`` (see the module docstring)."""
 
+    labels: torch.Tensor  # a buffer, which nn.Module's __getattr__ types as Tensor | Module
+
     def __init__(self, network: torch.nn.Module, labels: Sequence[int], classes: int) -> None:
         super().__init__()
         if not labels or min(labels) < 1 or max(labels) >= classes:

@@ -39,7 +39,8 @@ class _DenseLayer(nn.Module):
         self.conv2 = nn.Conv2d(width, growth_rate, kernel_size=3, padding=1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.relu2(self.norm2(self.conv1(self.relu1(self.norm1(x))))))
+        features: torch.Tensor = self.conv2(self.relu2(self.norm2(self.conv1(self.relu1(self.norm1(x))))))
+        return features
 
 
 class _DenseBlock(nn.ModuleDict):
@@ -103,7 +104,8 @@ class DenseNet(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(features, 1), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
+        logits: torch.Tensor = self.classifier(self.embed(x))
+        return logits
 
 
 def densenet121(outputs: int, in_channels: int = 3) -> DenseNet:

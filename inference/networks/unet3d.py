@@ -109,4 +109,5 @@ class UNet3D(nn.Module):
         x = self.bottleneck(x)
         for index, (up, decoder) in enumerate(zip(self.ups, self.decoders, strict=True)):
             x = decoder(torch.cat([up(x), skips[len(skips) - 1 - index]], dim=1))
-        return self.head(x)[:, :, :depth, :height, :width]
+        logits: torch.Tensor = self.head(x)
+        return logits[:, :, :depth, :height, :width]

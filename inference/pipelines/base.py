@@ -17,7 +17,7 @@ from inference.xray import RadiographSeries
 if TYPE_CHECKING:
     from inference.registry import ModelRegistry
 
-__all__ = ["VERSION_DIGITS", "ModelPipeline", "Pipeline", "RadiographPipeline"]
+__all__ = ["VERSION_DIGITS", "ModelPipeline", "Pipeline", "PipelineKind", "RadiographPipeline"]
 
 VERSION_DIGITS = 12
 """Without a configured version, a model pipeline's version is this many hex digits of the model's SHA-256."""
@@ -53,12 +53,26 @@ class RadiographPipeline(Protocol):
         ...
 
 
+class PipelineKind(Protocol):
+    """Makes the pipeline of one model ``task`` (:data:`inference.pipelines.TASKS` registers each).
+
+    Called as ``kind(name, model, registry, version, probabilities)``: pipeline ``name`` of model
+    ``model`` of ``registry``, versioned ``version`` or by the model's SHA-256; ``probabilities``
+    asks a segmentation for per-voxel probabilities (a FRACTIONAL SEG).
+    """
+
+    def __call__(self, name: str, model: str, registry: ModelRegistry, version: str | None = None,
+                 probabilities: bool = False) -> Pipeline | RadiographPipeline: ...
+
+
 class ModelPipeline:
     """What every pipeline of a YAML-defined model shares: model ``model`` of the worker's
     ``registry`` (kept warm between jobs), versioned ``version`` or by the model's SHA-256, so a
-    new model file gives new result UIDs."""
+    new model file gives new result UIDs. A :class:`PipelineKind`: ``probabilities`` is per-voxel
+    output, which a radiograph pipeline has none of, so it is accepted and ignored."""
 
-    def __init__(self, name: str, model: str, registry: ModelRegistry, version: str | None = None) -> None:
+    def __init__(self, name: str, model: str, registry: ModelRegistry, version: str | None = None,
+                 probabilities: bool = False) -> None:
         self.name = name
         self.model = model
         self.registry = registry

@@ -239,7 +239,7 @@ def _touching_inplane_border(mask: torch.Tensor) -> torch.Tensor:
     labels = _components(mask, (0, 1))
     border = torch.cat([labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]],
                        dim=1).flatten()
-    border = border[border >= 0].unique()
+    border = torch.unique(border[border >= 0])  # Tensor.unique is unannotated; this is what it calls
     return torch.isin(labels, border)
 
 
@@ -277,7 +277,7 @@ def _airways(inside: torch.Tensor, geometry: _Geometry, midline_x: float) -> tor
         previous = airway[seed_slice]
         s = seed_slice + direction
         while 0 <= s < slices:
-            touched = labels[s][previous & inside[s]].unique()
+            touched: torch.Tensor = torch.unique(labels[s][previous & inside[s]])
             touched = touched[area[touched] <= AIRWAY_MAX_AREA_MM2]
             if touched.numel() == 0:
                 break
@@ -335,7 +335,7 @@ def _other_lung(labels: torch.Tensor, sizes: torch.Tensor, order: torch.Tensor,
         ml = float(sizes[label]) * geometry.voxel_ml
         if ml < MIN_LUNG_VOLUME_ML:
             break
-        other = labels == label
+        other: torch.Tensor = labels == label  # label, an item of a tensor, is typed Any
         on_other_side = (geometry.mean_x(other) < midline_x) != lung_is_right
         reaches_up = along[other.any(dim=(1, 2))].max() >= lung_mid
         if on_other_side and bool(reaches_up):

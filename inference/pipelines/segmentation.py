@@ -120,6 +120,9 @@ class SegmentationPipeline:
         if not coded:
             raise ModelError(f"model {model!r} has no coded labels for its SEG segments; give "
                              f"models.{model}.labels in the configuration")
+        if not isinstance(spec, InputSpec):  # a radiograph model, listed in a segmentation's models
+            raise ModelError(f"model {model!r} takes 2-D images, not volumes; pipeline {self.name} "
+                             "segments volumes with segmentation models")
         backend = loaded.backend
         image = model_input(volume, spec, backend.device, extra)
         if spec.activation == "sigmoid":

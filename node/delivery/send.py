@@ -71,7 +71,7 @@ class RequestorAE(AE):
 
 def backoff_seconds(config: DeliveryConfig, attempt: int) -> float:
     """Delay before retry number ``attempt`` (1-based): doubling, capped."""
-    return min(config.first_backoff_seconds * 2 ** (attempt - 1), config.max_backoff_seconds)
+    return min(config.first_backoff_seconds * 2.0 ** (attempt - 1), config.max_backoff_seconds)
 
 
 def open_association(ae: RequestorAE, destination: Destination) -> Association:
@@ -79,6 +79,8 @@ def open_association(ae: RequestorAE, destination: Destination) -> Association:
 
     Raises DestinationUnreachable (retry later) with where and why.
     """
+    if destination.ae_title is None or destination.host is None or destination.port is None:
+        raise ValueError("a dicom destination needs ae_title, host and port")  # as Destination validates
     where = f"{destination.ae_title}@{destination.host}:{destination.port}"
     try:
         tls_args = (
@@ -251,7 +253,7 @@ def attempt_delivery(db: Database, config: Config, delivery_id: int) -> float | 
     JOB_STAGE_SECONDS.labels(pipeline, "deliver").observe(time.perf_counter() - started)
     DELIVERY_ATTEMPTS.labels(name, state.value).inc()
     with db.session() as session:
-        delivery = session.get(Delivery, delivery_id)
+        delivery = session.get_one(Delivery, delivery_id)  # read above; delivery rows are never deleted
         delivery.state = state
         delivery.last_error = error
         delivery.last_status = status

@@ -16,7 +16,9 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from pydicom.dataset import Dataset
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # made at import, in globals()
+    StudyRootQueryRetrieveInformationModelFind,
+)
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 

@@ -76,7 +76,7 @@ def _same(actual: str, expected: str | int | float, ignore_case: bool) -> bool:
     if isinstance(expected, int | float) and not isinstance(expected, bool):
         number = _number(actual)
         return number is not None and number == float(expected)
-    if ignore_case:
+    if ignore_case and isinstance(expected, str):  # a bool (never one after validation) equals no text
         return actual.casefold() == expected.casefold()
     return actual == expected
 

@@ -22,14 +22,12 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dicom_sr.enums import SegType
 from dicom_sr.findings import Findings
-from dicom_sr.sc import build_sc
-from dicom_sr.seg import EncodingError, build_seg
-from dicom_sr.sr import build_sr
-from dicom_sr.text import build_text_sr
+from dicom_sr.seg import EncodingError
 from dicom_sr.uids import ResultKind, result_uids
 from inference.errors import InferenceError, NotApplicable
-from inference.pipelines import UnknownPipeline, create
+from inference.pipelines import create
 from inference.registration import onto_grid
 from inference.registry import ModelRegistry
 from inference.reorient import run_on_source
@@ -37,6 +35,7 @@ from inference.volume import Volume, load_series
 from node.config import DEFAULT_FORMATS, Config
 from node.db import Database, Delivery, DeliveryState, Instance, Job, JobState, Result, Series, utcnow
 from node.durable import write_durably
+from node.jobs.results import WRITERS, EncodeRequest, ResultIdentity, format_of
 from node.metrics import JOB_STAGE_SECONDS, JOBS_FINISHED
 
 if TYPE_CHECKING:
@@ -46,17 +45,6 @@ __all__ = ["JobRunner", "select_device"]
 
 log = logging.getLogger("radnode.jobs")
 
-SEG_SERIES_NUMBER = 9901
-SR_SERIES_NUMBER = 9902
-TEXT_SERIES_NUMBER = 9903
-SC_SERIES_NUMBER = 9904
-# destinations choose formats (`destinations.NAME.formats`); the text report is an SR
-_FORMAT_OF_KIND = {
-    ResultKind.SEG.value: "seg",
-    ResultKind.SR.value: "sr",
-    ResultKind.TEXT.value: "sr",
-    ResultKind.SC.value: "sc",
-}
 _FINISHED = (JobState.SUCCEEDED, JobState.NOT_APPLICABLE, JobState.FAILED)
 
 
@@ -136,7 +124,7 @@ class JobRunner:
         try:
             options = self.config.pipeline_options(work.pipeline)
             pipeline = create(work.pipeline, options.model, self.models, options.version,
-                              probabilities=options.seg_type == "fractional")
+                              probabilities=options.seg_type == SegType.FRACTIONAL)
             with clock("load"):
                 source, extra = _load(work, getattr(pipeline, "takes", "volume"))
             with clock("pipeline"):
@@ -149,7 +137,7 @@ class JobRunner:
         except NotApplicable as exc:
             self._finish(job_id, JobState.NOT_APPLICABLE, f"not applicable: {exc}")
             return
-        except (InferenceError, UnknownPipeline) as exc:  # the series, radiograph or model; says which
+        except InferenceError as exc:  # the series, radiograph, model or pipeline name; says which
             self._finish(job_id, JobState.FAILED, str(exc))
             return
         except EncodingError as exc:
@@ -190,18 +178,16 @@ class JobRunner:
     def _finish(self, job_id: int, state: JobState, reason: str) -> None:
         log.info("job ended job=%d state=%s reason=%s", job_id, state.value, reason)
         with self.db.session() as session:
-            job = session.get(Job, job_id)
+            job = session.get_one(Job, job_id)  # claimed, and job rows are never deleted
             job.state = state
             job.reason = reason
             job.finished_at = utcnow()
             JOBS_FINISHED.labels(job.pipeline, state.value).inc()
-        return []
 
     def _encode(
         self, work: _Work, version: str, source: Volume | RadiographSeries, findings: Findings
     ) -> list[tuple[str, Dataset]]:
-        """Every object the findings call for: SEG, TID 1500 SR, text SR (report text, classifications);
-        SC when a destination wants it.
+        """Every object the findings call for (:data:`~node.jobs.results.WRITERS`), in order.
 
         The objects reference the images the findings come from (a report generator reads one of a
         series' radiographs), in the source's order.
@@ -211,37 +197,20 @@ class JobRunner:
         else:
             used = set(findings.source_sop_instance_uids)
             headers = [header for header in source.headers if header.SOPInstanceUID in used]
-        options = self.config.pipeline_options(work.pipeline)
 
-        def uids(kind: ResultKind, variant: str = "") -> dict[str, str]:
+        def uids(kind: ResultKind, variant: str) -> ResultIdentity:
             ids = result_uids(work.source_key, work.pipeline, version, findings.algorithm.model_sha256,
                               kind, variant)
             return {"series_instance_uid": ids.series_instance_uid, "sop_instance_uid": ids.sop_instance_uid}
 
+        formats = frozenset(f for name in work.destinations for f in self._formats(name))
+        request = EncodeRequest(findings, headers, source, self.config.pipeline_options(work.pipeline),
+                                formats, uids)
         objects: list[tuple[str, Dataset]] = []
-        seg = None
-        if findings.segments:
-            # another encoding is another object: binary keeps the plain identity
-            variant = "" if options.seg_type == "binary" else options.seg_type
-            seg = build_seg(findings, headers, series_number=SEG_SERIES_NUMBER,
-                            seg_type=options.seg_type, **uids(ResultKind.SEG, variant))
-            objects.append((ResultKind.SEG.value, seg))
-        if findings.groups or findings.classifications:
-            sr = build_sr(findings, headers, seg, series_number=SR_SERIES_NUMBER,
-                          procedure_reported=findings.procedure_reported, **uids(ResultKind.SR))
-            objects.append((ResultKind.SR.value, sr))
-        if findings.report_text or findings.classifications:  # classifications: their readable companion
-            text = build_text_sr(findings, headers, series_number=TEXT_SERIES_NUMBER,
-                                 **uids(ResultKind.TEXT))
-            objects.append((ResultKind.TEXT.value, text))
-        if (isinstance(source, Volume) and findings.segments
-                and any("sc" in self._formats(name) for name in work.destinations)):
-            pixels = source.voxels.detach().cpu().numpy()
-            objects.extend(
-                (ResultKind.SC.value, image)
-                for image in build_sc(findings, headers, pixels, series_number=SC_SERIES_NUMBER,
-                                      **uids(ResultKind.SC))
-            )
+        for writer in WRITERS:
+            if writer.applies(request):
+                request.written[writer.kind] = writer.build(request, writer.series_number)
+                objects.extend((writer.kind.value, ds) for ds in request.written[writer.kind])
         return objects
 
     def _formats(self, destination: str) -> tuple[str, ...]:
@@ -260,9 +229,9 @@ class JobRunner:
             write_durably(path, buffer.getvalue())
             rows.append((kind, ds, path))
         with self.db.session() as session:
-            job = session.get(Job, work.job_id)
+            job = session.get_one(Job, work.job_id)  # claimed, and job rows are never deleted
             job.pipeline_version = version
-            deliveries = []
+            deliveries: list[Delivery] = []
             for kind, ds, path in rows:
                 result = Result(
                     job_id=job.id,
@@ -276,7 +245,7 @@ class JobRunner:
                 deliveries.extend(
                     Delivery(result=result, destination=name, state=DeliveryState.PENDING)
                     for name in work.destinations
-                    if _FORMAT_OF_KIND[kind] in self._formats(name)
+                    if format_of(kind) in self._formats(name)
                 )
             session.add_all(deliveries)
             job.state = JobState.SUCCEEDED

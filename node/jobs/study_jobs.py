@@ -142,12 +142,12 @@ def _choose(study_series: list[Series], inputs: list[PipelineInput],
     complete = sorted((s for s in study_series if s.state == SeriesState.COMPLETE),
                       key=lambda s: (as_utc(s.completed_at), s.id) if s.completed_at else (_NEVER, s.id),
                       reverse=True)
-    facts = {s.id: facts_of(s) for s in complete}
+    facts = {s.id: found for s in complete if (found := facts_of(s)) is not None}
     chosen: dict[str, str] = {}
     used: set[int] = set()
     missing = []
     for item in inputs:
-        match = next((s for s in complete if s.id not in used and facts[s.id] is not None
+        match = next((s for s in complete if s.id not in used and s.id in facts
                       and evaluate(item.match, facts[s.id])[0]), None)
         if match is not None:
             chosen[item.name] = match.series_instance_uid

@@ -167,6 +167,28 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="the sender's AE title, for routes that match calling_ae_title")
     route.add_argument("--called-ae-title", default="", metavar="AET",
                        help="the AE title called, for routes that match called_ae_title")
+
+    database = commands.add_parser(
+        "db", help="database schema commands",
+        description="The schema is versioned (Alembic revisions shipped with radnode); every radnode "
+        "process upgrades it at start, so these are for doing it ahead of a start, or checking.",
+    )
+    db_commands = database.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_upgrade = db_commands.add_parser(
+        "upgrade", help="upgrade the database schema to this version's newest revision",
+        description="Create the schema in an empty database, or upgrade it to the newest revision "
+        "(a database from before revisions is stamped with the one it has first). Safe while other "
+        "radnode processes start. Exit 0 when at the newest revision (also when nothing had to be "
+        "done), 1 when the database cannot be opened or upgraded.",
+    )
+    _config_argument(db_upgrade)
+    db_current = db_commands.add_parser(
+        "current", help="print the database schema's revision",
+        description="Print the revision the database is at, and whether it is the newest this "
+        "version knows. Exit 0 at the newest, 1 when it needs `radnode db upgrade` or cannot be "
+        "opened.",
+    )
+    _config_argument(db_current)
     return parser
 
 
@@ -279,7 +301,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 def _worker(config: Config, args: argparse.Namespace) -> int:
     import os
 
-    from node.jobs.tasks import run_worker
+    from node.jobs.worker import run_worker
     from node.ops.service import prepare_paths
 
     device = config.worker.device
@@ -437,9 +459,42 @@ def _is_dicom(path: Path) -> bool:
         return handle.read(132)[128:] == b"DICM"
 
 
+def _db(config: Config, args: argparse.Namespace) -> int:
+    """``radnode db upgrade`` and ``radnode db current``."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from node.db import head_revision
+
+    db = Database(config.database.url)
+    try:
+        if args.db_command == "upgrade":
+            before, head = db.upgrade()
+            print(f"database schema at {head}, nothing to do" if before == head
+                  else f"database schema upgraded from {before or 'an empty database'} to {head}")
+            return EXIT_OK
+        head = head_revision()
+        current = db.current_revision()
+        if current is None:
+            legacy = db.legacy_revision()
+            print("none: an empty database (`radnode db upgrade` creates the schema)" if legacy is None
+                  else f"none: tables from before revisions, at {legacy} (`radnode db upgrade` stamps them)")
+            return EXIT_FAILURE
+        if current != head:
+            print(f"{current} (newest is {head}: run `radnode db upgrade`)")
+            return EXIT_FAILURE
+        print(f"{current} (newest)")
+        return EXIT_OK
+    except SQLAlchemyError as exc:
+        shown = db.engine.url.render_as_string(hide_password=True)
+        raise DatabaseUnavailable(f"cannot open the database {shown}: {getattr(exc, 'orig', None) or exc}"
+                                  ) from exc
+    finally:
+        db.dispose()
+
+
 _COMMANDS = {
     "serve": _serve, "worker": _worker, "status": _status, "send": _send, "retry": _retry,
-    "route": _route, "model": _model_check,
+    "route": _route, "model": _model_check, "db": _db,
 }
 
 if __name__ == "__main__":

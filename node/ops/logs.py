@@ -78,6 +78,8 @@ def configure_logging(config: LoggingConfig) -> None:
     logging.getLogger("pynetdicom.transport").addFilter(_outgoing_connection_failures)
     # highdicom narrates each object it builds at INFO; its warnings still come through
     logging.getLogger("highdicom").setLevel(logging.WARNING)
+    # Alembic narrates each start at INFO; node.db logs the one line that matters (an upgrade ran)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 _CONNECTION_FAILURES = ("Association request failed: unable to connect to remote", "TCP Initialisation Error")

@@ -54,7 +54,7 @@ def retry_job(db: Database, enqueuer: Enqueuer, job_id: int) -> None:
         enqueuer.job(job_id)
     except BrokerUnreachable:
         with db.session() as session:  # as it was, so that the retry can be asked for again
-            job = session.get(Job, job_id)
+            job = session.get_one(Job, job_id)  # read above; job rows are never deleted
             job.state, job.reason, job.started_at, job.finished_at = before
         raise
     log.info("job re-queued job=%d previous_reason=%s", job_id, before[1] or "-")
@@ -70,9 +70,9 @@ def retry_delivery(db: Database, enqueuer: Enqueuer, delivery_id: int) -> None:
             raise NotRetryable(
                 f"delivery {delivery_id} is {delivery.state.value}; only failed deliveries are retried"
             )
-        study_id = session.scalar(
+        study_id = session.execute(  # one: a delivery's result, job and series always exist
             select(Series.study_id).join(Job).join(Result).where(Result.id == delivery.result_id)
-        )
+        ).scalar_one()
         _refuse_if_purged(session, study_id, f"delivery {delivery_id}")
         before = (delivery.state, delivery.attempts, delivery.next_attempt_at)
         delivery.state, delivery.attempts, delivery.next_attempt_at = DeliveryState.PENDING, 0, None
@@ -80,7 +80,7 @@ def retry_delivery(db: Database, enqueuer: Enqueuer, delivery_id: int) -> None:
         enqueuer.delivery(delivery_id)
     except BrokerUnreachable:
         with db.session() as session:
-            delivery = session.get(Delivery, delivery_id)
+            delivery = session.get_one(Delivery, delivery_id)  # read above; delivery rows are never deleted
             delivery.state, delivery.attempts, delivery.next_attempt_at = before
         raise
     log.info("delivery re-queued delivery=%d", delivery_id)

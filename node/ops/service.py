@@ -18,7 +18,7 @@ from node.config import Config
 from node.db import Database, Delivery, DeliveryState
 from node.jobs.completion import CompletionWatcher, PacsCounter
 from node.jobs.tasks import Enqueuer, create_app
-from node.metrics import NodeCollector, serve_metrics
+from node.metrics import LISTENER, NodeCollector, serve_metrics
 from node.receive.listener import AssociationTracker, Listener
 from node.spool.retention import RetentionSweeper
 from node.spool.store import Spool
@@ -91,7 +91,7 @@ def serve(config: Config, *, with_worker: bool) -> None:
     """Run the listener (and a worker) until SIGTERM or SIGINT."""
     prepare_paths(config)
     db = Database(config.database.url)
-    db.create_schema()  # node.spool.retention is imported: its Purge table is created too
+    db.create_schema()  # upgraded to the newest revision (node/spool/migrations), Purge table included
     spool = Spool(config.storage.path, config.storage.min_free_mb * 2**20, fsync=config.storage.fsync)
     tracker = AssociationTracker()
     enqueuer = Enqueuer(create_app(config))
@@ -114,7 +114,8 @@ def serve(config: Config, *, with_worker: bool) -> None:
         log.info("resumed after restart jobs=%d deliveries=%d", requeued, redelivered)
     watcher.start()
     if config.metrics.enabled:
-        serve_metrics(config.metrics.bind, config.metrics.port, NodeCollector(db, config.storage.path))
+        collector = NodeCollector(db, config.storage.path)
+        serve_metrics(config.metrics.bind, config.metrics.port, LISTENER, collector)
     page = None
     if config.web.enabled:
         from node.ops.web import StatusPage

@@ -45,7 +45,7 @@ class StudyFilter:
     failed: bool = False  # only studies with a failed job or a failed delivery
     since: datetime | None = None  # only studies that received an instance since then
 
-    def query(self) -> Select[tuple[Study]]:
+    def query(self) -> Select[Study]:
         query = select(Study).order_by(Study.first_received_at.desc()).limit(self.limit)
         if self.study_uid:
             query = query.where(Study.study_instance_uid == self.study_uid)

@@ -16,6 +16,7 @@ import logging
 import shutil
 import subprocess
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from http import HTTPStatus
@@ -167,7 +168,7 @@ def _studies(db: Database) -> str:
         purged = purges(session, studies)
         for study in studies:
             for series in study.series:
-                jobs = series.jobs or [None]
+                jobs: Sequence[Job | None] = series.jobs or [None]  # a series without a job: one row
                 for job in jobs:
                     rows.append(_study_row(study, series, job, counts.get(series.id, 0), study.id in purged))
     if not rows:
@@ -224,7 +225,7 @@ class StatusPage:
         page = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:  # http.server's name
                 if self.path == "/healthz":
                     self._reply(HTTPStatus.OK, "text/plain", "ok")
                 elif self.path in ("/", "/index.html"):
@@ -247,7 +248,7 @@ class StatusPage:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:  # http.server's signature
                 log.debug("web %s", format % args)
 
         self.db = db

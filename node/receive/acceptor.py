@@ -282,6 +282,8 @@ class _ReceivingRequestHandler(RequestHandler):
     built are given their class before the association thread starts.
     """
 
+    _holder: ReceivingAssociation | None = None  # the association, once it is created
+
     def handle(self) -> None:
         """Give the connection the network timeout and a negotiation slot, shake hands (TLS), then
         associate; the association gives the slot back once established or ended."""
@@ -300,7 +302,6 @@ class _ReceivingRequestHandler(RequestHandler):
             self._close(connection)
             return
         self._negotiating = negotiating
-        self._holder: ReceivingAssociation | None = None
         try:
             super().handle()
         except Exception:  # the association did not start: nobody else gives the slot back
@@ -346,7 +347,8 @@ class _ReceivingRequestHandler(RequestHandler):
 
 def _message_handlers_bound(assoc: Association) -> bool:
     return any(not getattr(handler, "__module__", "").startswith(_handlers.__name__)
-               for event in _MESSAGE_EVENTS for handler, _ in assoc.get_handlers(event))
+               for event in _MESSAGE_EVENTS  # notification events: a list of (handler, arguments)
+               for handler, _ in cast(list[tuple[Callable[..., object], object]], assoc.get_handlers(event)))
 
 
 def start_receiving_server(

@@ -88,16 +88,20 @@ class AccessPolicy:
         pynetdicom skips negotiation for an association its EVT_REQUESTED handler rejected.
         """
         assoc = event.assoc
-        calling = str(assoc.requestor.primitive.calling_ae_title)
+        request = assoc.requestor.primitive
+        if request is None:  # pynetdicom keeps it from the moment the request arrives
+            raise RuntimeError("EVT_REQUESTED without an A-ASSOCIATE-RQ")
+        calling = str(request.calling_ae_title)
         address = assoc.requestor.address
         decision = self.decide(calling, address)
-        if decision.admitted:
+        diagnostic = decision.diagnostic
+        if diagnostic is None:  # admitted
             return
         log.warning(
             "association rejected calling_ae=%s address=%s diagnostic=%s reason=%s",
-            calling.strip(), address, decision.diagnostic.name.lower(), decision.why,
+            calling.strip(), address, diagnostic.name.lower(), decision.why,
         )
-        assoc.acse.send_reject(REJECTED_PERMANENT, SOURCE_SERVICE_USER, int(decision.diagnostic))
+        assoc.acse.send_reject(REJECTED_PERMANENT, SOURCE_SERVICE_USER, int(diagnostic))
         assoc.is_rejected = True
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()

@@ -106,17 +106,18 @@ class BoundedDUL(DULServiceProvider):
         try:
             data: bytearray = sock.recv(count)
         except OSError as exc:
-            return self._transport_lost(lost_reason(exc, "a PDU"))
+            self._transport_lost(lost_reason(exc, "a PDU"))
+            return None
         if len(data) < count:
-            return self._transport_lost(lost_reason(EOFError(), "a PDU") if data else
-                                        "the peer closed the connection")
+            self._transport_lost(lost_reason(EOFError(), "a PDU") if data else
+                                 "the peer closed the connection")
+            return None
         return data
 
     def _transport_lost(self, reason: str) -> None:
         LOGGER.error("Association dropped address=%s reason=%s", self._peer(), reason)
         self._end_the_wait_for_a_request()
         self.event_queue.put("Evt17")  # transport connection closed
-        return None
 
     def _protocol_error(self, reason: str) -> None:
         """Abort: one line; the rest of what the peer sends is discarded (Sta13), not parsed."""

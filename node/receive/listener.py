@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import cast
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom import _config as pynetdicom_config
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import, in globals()
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -32,7 +34,7 @@ from node.metrics import ASSOCIATIONS_REJECTED, INSTANCES_RECEIVED, INSTANCES_RE
 from node.receive.acceptor import start_receiving_server
 from node.receive.access import AccessPolicy
 from node.receive.part10 import PREAMBLE, file_meta
-from node.receive.stream_to_disk import Incoming, StoreRequestInfo
+from node.receive.stream_to_disk import Incoming, StoreRequestInfo, called_ae_title
 from node.spool.catalog import Catalog
 from node.spool.recovery import recover
 from node.spool.store import IncomingFile, Spool, check_whole, read_incoming_header, validate_uid
@@ -95,7 +97,7 @@ def _log_accepted(event: evt.Event) -> None:
     """One INFO line per association admitted (rejections are logged where they are decided)."""
     requestor = event.assoc.requestor
     log.info("association accepted calling_ae=%s address=%s called_ae=%s contexts=%d",
-             requestor.ae_title, requestor.address, str(requestor.primitive.called_ae_title).strip(),
+             requestor.ae_title, requestor.address, called_ae_title(event.assoc),
              len(event.assoc.accepted_contexts))
 
 
@@ -128,7 +130,8 @@ class Listener:
         # the list (~150 classes × 45 syntaxes) is deep-copied for each association: ~0.2 s.
         if not self.config.accept_unknown_sop_classes:
             for context in AllStoragePresentationContexts:
-                ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+                # pynetdicom's list: each context has its abstract syntax
+                ae.add_supported_context(cast(UID, context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
         ae.require_called_aet = False
         return ae
 
@@ -157,7 +160,8 @@ class Listener:
             ae, (self.config.bind_address, self.config.port), self.receive, evt_handlers=handlers,
             ssl_context=tls,
         )
-        self._server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        bound = cast(socket.socket, self._server.socket)  # listening by now; pynetdicom types it Optional
+        bound.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         log.info(
             "listening ae_title=%s address=%s port=%d tls=%s allowed_callers=%s",
             self.config.ae_title,
@@ -190,7 +194,7 @@ class Listener:
 
     def _on_store(self, event: evt.Event) -> Dataset | int:
         """A C-STORE request that pynetdicom served (node/receive/stream_to_disk.py serves the others)."""
-        request = event.request
+        request = cast(C_STORE, event.request)  # the handler of EVT_C_STORE only
         incoming = self.receive(StoreRequestInfo(
             sop_class_uid=str(request.AffectedSOPClassUID or ""),
             sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
@@ -198,9 +202,11 @@ class Listener:
             context_abstract_syntax=str(event.context.abstract_syntax),
             calling_ae_title=event.assoc.requestor.ae_title,
             calling_address=event.assoc.requestor.address,
-            called_ae_title=str(event.assoc.requestor.primitive.called_ae_title).strip(),
+            called_ae_title=called_ae_title(event.assoc),
             association_id=id(event.assoc),
         ))
+        if request.DataSet is None:  # pynetdicom answers the raise with 0xC211
+            raise ValueError("the C-STORE request has no data set")
         with request.DataSet.getbuffer() as data_set:
             incoming.write(data_set)
         status, comment = incoming.finish()

@@ -28,9 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pynetdicom.association import Association
 from pynetdicom.pdu import A_ABORT_RQ
 
-from node.errors import InvalidInstance
+from node.errors import InvalidInstance, RadnodeError
 from node.receive.bounded_dul import MAXIMUM_PDVS_PER_PDU, BoundedDUL, lost_reason
 from node.receive.pdata import (
     COMMAND,
@@ -48,7 +49,7 @@ from node.receive.pdata import (
 from node.spool.store import validate_uid
 
 __all__ = ["CHUNK_BYTES", "Incoming", "StoreHandler", "StoreMessages", "StoreRequest", "StoreRequestInfo",
-           "StoringDUL"]
+           "StoringDUL", "called_ae_title"]
 
 LOGGER = logging.getLogger("pynetdicom.dul")
 
@@ -96,7 +97,7 @@ class StoreRequest:
     incoming: Incoming
 
 
-class ProtocolError(Exception):
+class ProtocolError(RadnodeError):
     """The peer broke PS3.8 inside a C-STORE request: the association is aborted."""
 
 
@@ -306,7 +307,8 @@ class StoringDUL(BoundedDUL):
         None when the association is ending (connection lost, protocol broken)."""
         sock: Any = self.socket
         item_header = self._chunk[:ITEM_HEADER.size]
-        remaining, items = length, 0
+        remaining: int = length  # typed: less each item's length, which struct gives untyped
+        items = 0
         while remaining:
             try:
                 items += 1
@@ -330,7 +332,8 @@ class StoringDUL(BoundedDUL):
                     fragment -= len(chunk)
             except (EOFError, OSError) as exc:
                 messages.abandon()
-                return self._transport_lost(lost_reason(exc, "a data set"))
+                self._transport_lost(lost_reason(exc, "a data set"))
+                return None
             except ProtocolError as exc:
                 self._abort(exc)
                 return None
@@ -362,7 +365,7 @@ class StoringDUL(BoundedDUL):
             context_abstract_syntax=abstract_syntax,
             calling_ae_title=requestor.ae_title,
             calling_address=requestor.address,
-            called_ae_title=str(requestor.primitive.called_ae_title).strip(),  # type: ignore[union-attr]
+            called_ae_title=called_ae_title(self.assoc),
             association_id=id(self.assoc),
         ))
 
@@ -377,9 +380,18 @@ class StoringDUL(BoundedDUL):
             int(command.message_id or 0), _valid(command.sop_class_uid), _valid(command.sop_instance_uid),
             status, comment,
         )
-        self.socket.send(  # type: ignore[union-attr]
-            _command_pdus(request.context_id, response, self.assoc.requestor.maximum_length)
-        )
+        maximum_pdu = self.assoc.requestor.maximum_length
+        if maximum_pdu is None:  # PS3.8 D.1 requires one; raised, the association is aborted (run_reactor)
+            raise ProtocolError("the A-ASSOCIATE-RQ had no Maximum Length Notification (PS3.8 D.1)")
+        self.socket.send(_command_pdus(request.context_id, response, maximum_pdu))  # type: ignore[union-attr]
+
+
+def called_ae_title(assoc: Association) -> str:
+    """The Called AE Title of the association's A-ASSOCIATE-RQ, without its padding."""
+    request = assoc.requestor.primitive
+    if request is None:  # pynetdicom keeps it from the moment the request arrives
+        raise RuntimeError("the association has no A-ASSOCIATE-RQ")
+    return str(request.called_ae_title).strip()
 
 
 def _valid(uid: str | None) -> str | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -28,13 +28,16 @@ from sqlalchemy import Connection, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from node.db import Database, Instance, Series, SeriesState, Study, utcnow
+from node.db import Base, Database, Instance, Series, SeriesState, Study, utcnow
 from node.spool.store import InstanceHeader
 
 __all__ = ["Catalog", "record_instance"]
 
 _UPSERT_ATTEMPTS = 3  # concurrent first instances of one series race on the unique keys
-_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+# each dialect's INSERT, for its ON CONFLICT clauses (the same in both)
+_INSERTS: dict[str, Callable[[type[Base]], sqlite.Insert | postgresql.Insert]] = {
+    "sqlite": sqlite.insert, "postgresql": postgresql.insert,
+}
 _INSTANCE_KEYS = ("sop_instance_uid",)
 # a re-sent instance is the newest one, whole: under a corrected study or series it moves there
 _INSTANCE_CHANGES = (
@@ -146,6 +149,8 @@ class Catalog:
             yield
             return
         raw = connection.connection.driver_connection  # outside a transaction: pragmas allowed
+        if raw is None:  # only an invalidated connection has none
+            raise RuntimeError("the database connection was invalidated")
         raw.execute("PRAGMA synchronous=NORMAL")
         try:
             yield
@@ -229,7 +234,9 @@ class Catalog:
                 **association,
             },
         )
-        series_id: int = connection.scalar(self._series_id_of, {"uid": header.series_instance_uid})
+        series_id = connection.scalar(self._series_id_of, {"uid": header.series_instance_uid})
+        if series_id is None:  # inserted or found just above, in this transaction; series rows stay
+            raise RuntimeError(f"series {header.series_instance_uid} has no row after its insert")
         return series_id
 
 

@@ -22,6 +22,8 @@ from typing import NamedTuple
 from pydicom.datadict import tag_for_keyword
 from pydicom.uid import UID, ImplicitVRLittleEndian
 
+from node.errors import RadnodeError
+
 __all__ = [
     "IDENTIFYING_KEYWORDS", "InflatesPastCeiling", "Resume", "cut_short", "inflated_head", "scan_data_set",
     "scan_identifiers", "scan_identifiers_resumable",
@@ -32,7 +34,7 @@ _INFLATED_HEAD_BYTES = 1 << 20  # groups 0008 and 0020 come first: far less than
 _INFLATE_STEP_BYTES = 1 << 20
 
 
-class InflatesPastCeiling(Exception):
+class InflatesPastCeiling(RadnodeError):
     """A deflated data set inflates to more bytes than the ceiling given."""
 
 # What the receive path reads of each instance; the four UIDs first (all four are required).
@@ -64,7 +66,10 @@ _EXPLICIT_HEADER = struct.Struct("<HH2sH")  # tag, VR, a short length (or the re
 _LONG_LENGTH = struct.Struct("<L")
 
 
-class _Unsure(Exception):
+_Bytes = bytes | bytearray | mmap.mmap  # what the private readers walk
+
+
+class _Unsure(RadnodeError):
     """The bytes are not what the fast scan reads with certainty: pydicom decides."""
 
 
@@ -195,7 +200,7 @@ def _explicit_little_endian(syntax: str) -> bool:
     return uid.is_transfer_syntax and uid.is_little_endian and not uid.is_implicit_VR and not uid.is_deflated
 
 
-def _read_meta(data: bytes, position: int) -> tuple[str, int]:
+def _read_meta(data: _Bytes, position: int) -> tuple[str, int]:
     """The transfer syntax and where the data set starts, after the group 0002 elements."""
     syntax = None
     while position < len(data):
@@ -213,7 +218,7 @@ def _read_meta(data: bytes, position: int) -> tuple[str, int]:
     return syntax, position
 
 
-def _read_identifiers(data: bytes, position: int, implicit: bool) -> tuple[dict[str, str], Resume]:
+def _read_identifiers(data: _Bytes, position: int, implicit: bool) -> tuple[dict[str, str], Resume]:
     values: dict[str, str] = {}
     previous = -1
     while position < len(data):
@@ -235,7 +240,7 @@ def _read_identifiers(data: bytes, position: int, implicit: bool) -> tuple[dict[
     return values, Resume(position, previous)
 
 
-def _element(data: bytes, position: int, implicit: bool) -> tuple[int, bytes, int, int]:
+def _element(data: _Bytes, position: int, implicit: bool) -> tuple[int, bytes, int, int]:
     """(tag, VR or b"", value offset, value length) of the element header at ``position``."""
     group, number, vr, short = _EXPLICIT_HEADER.unpack_from(data, position)
     tag = group << 16 | number
@@ -248,7 +253,7 @@ def _element(data: bytes, position: int, implicit: bool) -> tuple[int, bytes, in
     raise _Unsure
 
 
-def _skip_undefined(data: bytes, position: int, implicit: bool, depth: int) -> int:
+def _skip_undefined(data: _Bytes, position: int, implicit: bool, depth: int) -> int:
     """The offset after an undefined-length value: items up to the Sequence Delimitation Item."""
     if depth > _MAX_NESTING:
         raise _Unsure
@@ -273,11 +278,11 @@ def _skip_undefined(data: bytes, position: int, implicit: bool, depth: int) -> i
                 position = _within(data, value + length)
 
 
-def _within(data: bytes, position: int) -> int:
+def _within(data: _Bytes, position: int) -> int:
     if position > len(data):
         raise _PastEnd
     return position
 
 
-def _text(data: bytes, value: int, length: int) -> str:
+def _text(data: _Bytes, value: int, length: int) -> str:
     return data[value:_within(data, value + length)].decode("latin-1").strip("\x00 ")

@@ -35,7 +35,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import NamedTuple
@@ -199,7 +199,7 @@ def _is_image_class(sop_class_uid: str) -> bool:
     return UID(sop_class_uid).name.endswith("Image Storage")
 
 
-def _read_with_pydicom(part10: bytes) -> dict[str, str | None]:
+def _read_with_pydicom(part10: bytes | bytearray) -> dict[str, str | None]:
     try:
         ds = dcmread(BytesIO(part10), stop_before_pixels=True, specific_tags=list(IDENTIFYING_KEYWORDS))
         return {keyword: _raw_text(ds, keyword) for keyword in IDENTIFYING_KEYWORDS}
@@ -217,9 +217,10 @@ class FileSystemSync:
     """
 
     def __init__(self, folder: Path) -> None:
-        self._syncfs = _libc_syncfs()
-        if self._syncfs is None:
+        syncfs = _libc_syncfs()
+        if syncfs is None:
             raise OSError(errno.ENOSYS, "syncfs(2) is not available on this system")
+        self._syncfs = syncfs
         self._fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         self._cond = threading.Condition()
         self._started = 0  # flushes begun
@@ -296,7 +297,7 @@ def _meminfo_kib(text: bytes, field: bytes) -> int:
     return int(text[start:text.index(b"kB", start)])
 
 
-def _libc_syncfs():  # type: ignore[no-untyped-def]
+def _libc_syncfs() -> Callable[[int], int] | None:
     try:
         function = ctypes.CDLL(None, use_errno=True).syncfs
     except (OSError, AttributeError):
