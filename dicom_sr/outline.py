@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["Outline", "bounding_outline", "largest_outline"]
+__all__ = ["Outline", "bounding_outline", "largest_outline", "trace_region"]
 
 # Directed pixel-edge steps (row, column) of a clockwise walk around a foreground pixel, with
 # the background on the left of the walk in image orientation (rows down, columns right).
@@ -49,7 +49,7 @@ def largest_outline(mask: np.ndarray, origin: tuple[int, int, int] = (0, 0, 0)) 
     labels, count = ndimage.label(plane)
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
     part = ndimage.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
-    return _placed(index, _trace(part), origin)
+    return _placed(index, trace_region(part), origin)
 
 
 def bounding_outline(mask: np.ndarray) -> Outline | None:
@@ -82,8 +82,11 @@ def _placed(index: int, points: np.ndarray, origin: tuple[int, int, int]) -> Out
     return Outline(index + z, points + np.array([float(x), float(y)]))
 
 
-def _trace(region: np.ndarray) -> np.ndarray:
-    """Walk the pixel edges around one 4-connected, hole-free ``region``; keep only the corners."""
+def trace_region(region: np.ndarray) -> np.ndarray:
+    """Walk the pixel edges around one 4-connected, hole-free ``region``; keep only the corners.
+
+    (column, row) vertices, clockwise on the image, first == last.
+    """
     padded = np.pad(region, 1)
     inside = padded[1:-1, 1:-1]
     edges: dict[tuple[int, int], list[tuple[int, int]]] = {}

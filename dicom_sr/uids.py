@@ -36,6 +36,7 @@ class ResultKind(StrEnum):
     SR = "sr"  # TID 1500: measurements and classifications
     TEXT = "text"  # Comprehensive SR with a report generator's text
     SC = "sc"  # Secondary Capture key images (one series; instance UIDs derive from this one)
+    RTSTRUCT = "rtstruct"  # RT Structure Set: the segments as contours for treatment planning
 
 
 @dataclass(frozen=True)

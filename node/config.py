@@ -203,8 +203,9 @@ class CompletionConfig(_Section):
     late_arrivals: Literal["rerun", "ignore"] = "rerun"
 
 
-#: What a destination receives: SEG, SR (measurements, classifications, text), Secondary Capture.
-ResultFormat = Literal["seg", "sr", "sc"]
+#: What a destination receives: SEG, SR (measurements, classifications, text), Secondary Capture,
+#: RT Structure Set (a treatment planning system's contours).
+ResultFormat = Literal["seg", "sr", "sc", "rtstruct"]
 DEFAULT_FORMATS: tuple[ResultFormat, ...] = ("seg", "sr")
 
 

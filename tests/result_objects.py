@@ -8,6 +8,7 @@ tests/test_results_corpus.py validates with dciodvfy and tests/test_dcmjs.py rea
     sr-classification                           TID 1500 with the 14 ChestX-ray14 outputs, chest DX
     sr-text                                     Comprehensive SR, report text and classifications, chest DX
     seg-lung-unet, sr-lung-unet                 the shipped lung-unet model's real output on the chest CT
+    rtstruct-lung-unet                          the same lungs as RT Structure Set contours
     seg-many                                    117 segments (TotalSegmentator's table), a block of body each
     seg-mr, sr-mr                               brain MR (EPI), tumour regions coded as the brain-tumor preset
     sc-1 … sc-N                                 Secondary Capture key images of the chest CT
@@ -35,6 +36,7 @@ from dicom_sr.findings import (
     ReportText,
     Segment,
 )
+from dicom_sr.rtstruct import build_rtstruct
 from dicom_sr.sc import build_sc
 from dicom_sr.seg import SegType, build_seg
 from dicom_sr.sr import build_sr
@@ -300,6 +302,9 @@ def write_corpus(folder: Path) -> list[Written]:
     chest = load_series(sorted(CHEST_CT.glob("*.dcm")))
     learned = lung_unet_findings(chest, folder / "model-cache")
     _seg_and_sr(save, "lung-unet", learned, chest.headers)
+    save("rtstruct-lung-unet", ResultKind.RTSTRUCT,
+         build_rtstruct(learned, chest.headers, series_number=9905,
+                        **_uids(chest.headers[0], learned.algorithm, ResultKind.RTSTRUCT)), learned)
     many = many_class_findings(headers, hu)
     save("seg-many", ResultKind.SEG,
          build_seg(many, headers, series_number=9901, **_uids(headers[0], many.algorithm, ResultKind.SEG)),

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 import torch
@@ -22,6 +23,7 @@ from tests.ct_variants import VARIANTS, write_variant
 from tests.dciodvfy import check_iod
 from tests.node_process import RadnodeProcess
 from tests.orthanc import Orthanc, wait_for
+from tests.rtstruct_masks import dice, rtstruct_masks
 
 pytestmark = pytest.mark.slow
 
@@ -186,3 +188,64 @@ def test_every_layout_of_the_chest_ct_comes_back_from_orthanc_on_its_own_frames(
     localizer_study = study_ids["localizer"]
     assert pacs.result_files(localizer_study, ("SEG", "SR")) == {}
     assert "skipped: the series is a localizer (scout: ImageType LOCALIZER, 3 image(s))" in status, status
+
+
+def _seg_masks(seg: pydicom.Dataset, slices: dict[tuple[str, int | None], int],
+               shape: tuple[int, int, int]) -> list[np.ndarray]:
+    """Each segment of a BINARY SEG on the source grid, frame by frame as its references say."""
+    masks = [np.zeros(shape, dtype=bool) for _ in seg.SegmentSequence]
+    frames = seg.pixel_array.reshape(-1, *shape[1:])
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        source = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        masks[number - 1][slices[(source, None)]] = frame.astype(bool)
+    return masks
+
+
+def test_rtstruct_for_a_planning_system_comes_back_from_orthanc_on_the_seg_masks(
+    tmp_path: Path, chest_ct_dir: Path, orthanc_factory: Callable[..., Orthanc]
+) -> None:
+    # a destination that is a treatment planning system asks for contours beside the SEG
+    pacs = orthanc_factory()
+    node = RadnodeProcess(
+        tmp_path / "radnode",
+        destinations={"tps": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port,
+                              "formats": ["seg", "rtstruct"]}},
+        routes=[{"match": {"Modality": "CT"}, "pipelines": ["lung-qct"], "send_to": ["tps"]}],
+    )
+    pacs.add_modality("radnode", node.ae_title, "127.0.0.1", node.port)
+    headers = {str(h.SOPInstanceUID): h for h in (pydicom.dcmread(p, stop_before_pixels=True)
+                                                  for p in sorted(chest_ct_dir.glob("*.dcm")))}
+    first = next(iter(headers.values()))
+    with node:
+        pacs.upload_folder(chest_ct_dir)
+        study_id = pacs.send_study("radnode", first.StudyInstanceUID)
+        pacs.wait_for_results(study_id, "SEG and RTSTRUCT from radnode in Orthanc", RESULT_TIMEOUT_S,
+                              modalities=("SEG", "RTSTRUCT"))
+        results = pacs.result_files(study_id, ("SEG", "SR", "RTSTRUCT"))
+    assert "SR" not in results, "the destination asked for SEG and RTSTRUCT only"
+    (seg_bytes,), (rtstruct_bytes,) = results["SEG"], results["RTSTRUCT"]
+    seg, rtstruct = pydicom.dcmread(io.BytesIO(seg_bytes)), pydicom.dcmread(io.BytesIO(rtstruct_bytes))
+    rtstruct_file = tmp_path / "rtstruct.dcm"
+    rtstruct_file.write_bytes(rtstruct_bytes)
+
+    assert rtstruct.StudyInstanceUID == first.StudyInstanceUID
+    assert rtstruct.FrameOfReferenceUID == first.FrameOfReferenceUID
+    (referenced,) = rtstruct.ReferencedFrameOfReferenceSequence
+    assert referenced.FrameOfReferenceUID == first.FrameOfReferenceUID
+    (study,) = referenced.RTReferencedStudySequence
+    (series,) = study.RTReferencedSeriesSequence
+    assert {i.ReferencedSOPInstanceUID for i in series.ContourImageSequence} == set(headers)
+    labels = [s.SegmentLabel for s in seg.SegmentSequence]
+    assert [r.ROIName for r in rtstruct.StructureSetROISequence] == labels == ["Right lung", "Left lung"]
+    assert len({tuple(r.ROIDisplayColor) for r in rtstruct.ROIContourSequence}) == 2, "one colour each"
+
+    # the contours, read back through each slice's own plane, are the SEG's masks
+    order = sorted(headers, key=lambda uid: float(headers[uid].ImagePositionPatient[2]))
+    slices = {(uid, None): index for index, uid in enumerate(order)}
+    shape = (len(order), int(first.Rows), int(first.Columns))
+    for label, contoured, segmented in zip(
+            [r.ROIName for r in rtstruct.StructureSetROISequence],
+            rtstruct_masks(rtstruct, headers, slices, shape), _seg_masks(seg, slices, shape), strict=True):
+        assert dice(contoured, segmented) >= 0.95, label
+    check_iod(rtstruct_file).assert_no_errors()

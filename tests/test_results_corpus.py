@@ -16,6 +16,7 @@ import pydicom
 import pytest
 
 from dicom_sr.seg import SegType
+from dicom_sr.uids import ResultKind
 from tests.dciodvfy import check_entities, check_iod
 from tests.result_objects import Written, write_corpus
 
@@ -34,6 +35,7 @@ NAMES = [
     "seg-many",
     "seg-mr",
     "sr-mr",
+    "rtstruct-lung-unet",
 ]
 DCIODVFY_PREDATES_LABELMAP = (
     "Error - SegmentNumber not monotonically increasing from one by one - have SegmentSequence "
@@ -51,6 +53,7 @@ def test_corpus_holds_every_kind_and_option(corpus) -> None:
     assert set(NAMES) <= set(corpus)
     assert any(name.startswith("sc-") for name in corpus)
     assert {w.seg_type for w in corpus.values() if w.seg_type} == set(SegType)
+    assert {w.kind for w in corpus.values()} == set(ResultKind), "every kind of result object"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -71,7 +74,8 @@ def test_every_secondary_capture_passes_dciodvfy_without_errors(corpus) -> None:
 def test_chest_ct_results_are_consistent_with_their_source_per_dcentvfy(corpus) -> None:
     chest = Path(__file__).parent / "data" / "ct_chest_lungdx_a0001"
     results = [w.path for w in corpus.values()
-               if w.name in ("seg-binary", "seg-fractional", "sr-measurements") or w.name.startswith("sc-")]
+               if w.name in ("seg-binary", "seg-fractional", "sr-measurements", "rtstruct-lung-unet")
+               or w.name.startswith("sc-")]
     check_entities([*sorted(chest.glob("*.dcm")), *results]).assert_no_errors()
 
 

@@ -18,6 +18,7 @@ import torch
 
 from dicom_sr import codes
 from dicom_sr.findings import Findings
+from dicom_sr.rtstruct import build_rtstruct
 from dicom_sr.seg import build_seg
 from dicom_sr.sr import build_sr
 from inference.pipelines import create
@@ -29,6 +30,7 @@ from node.config import load_config
 from tests.ct_variants import VARIANTS, write_variant
 from tests.dciodvfy import check_iod
 from tests.pixelmed import validate_instance, validate_sr
+from tests.rtstruct_masks import dice, rtstruct_masks, source_plane
 
 CPU = torch.device("cpu")
 
@@ -90,18 +92,6 @@ def test_volumes_and_densities_are_the_axial_ones_within_1_percent(
                 group.tracking_id, measurement.concept.meaning)
 
 
-def _source_plane(header: pydicom.Dataset, frame: int | None) -> tuple[list[float], list[float]]:
-    """(ImagePositionPatient, ImageOrientationPatient) of a source image, or of one of its frames."""
-    if frame is None:
-        return ([float(v) for v in header.ImagePositionPatient],
-                [float(v) for v in header.ImageOrientationPatient])
-    groups = (header.PerFrameFunctionalGroupsSequence[frame - 1], header.SharedFunctionalGroupsSequence[0])
-    position = next(g.PlanePositionSequence[0] for g in groups if g.get("PlanePositionSequence"))
-    orientation = next(g.PlaneOrientationSequence[0] for g in groups if g.get("PlaneOrientationSequence"))
-    return ([float(v) for v in position.ImagePositionPatient],
-            [float(v) for v in orientation.ImageOrientationPatient])
-
-
 def _content_items(dataset: pydicom.Dataset) -> list[pydicom.Dataset]:
     """Every content item of an SR's tree."""
     items = []
@@ -127,7 +117,7 @@ def test_seg_and_sr_are_written_on_the_variants_own_frames_and_validate(
         reference = frame.DerivationImageSequence[0].SourceImageSequence[0]
         number = reference.get("ReferencedFrameNumber")
         assert (number is not None) == name.startswith("legacy-enhanced"), "frames named in multi-frames"
-        position, orientation = _source_plane(sources[reference.ReferencedSOPInstanceUID],
+        position, orientation = source_plane(sources[reference.ReferencedSOPInstanceUID],
                                               None if number is None else int(number))
         assert [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient] == pytest.approx(
             position, abs=1e-4)
@@ -172,3 +162,34 @@ def test_the_learned_lung_unet_reports_the_axial_volumes_for_the_coronal_reslice
         volume, reference_volume = group.measurements[0], reference.measurements[0]
         assert volume.concept == codes.VOLUME
         assert volume.value == pytest.approx(reference_volume.value, rel=0.01), group.tracking_id
+
+
+@pytest.mark.parametrize("layout", ["axial", *sorted(VARIANTS)])
+def test_rtstruct_contours_fill_back_to_the_lung_masks_on_the_sources_own_slices_and_validate(
+        tmp_path: Path, layout: str, axial: tuple[Volume, Findings]) -> None:
+    if layout == "axial":
+        volume, findings = axial
+        paths = sorted((Path(__file__).parent / "data" / "ct_chest_lungdx_a0001").glob("*.dcm"))
+    else:
+        chest = Path(__file__).parent / "data" / "ct_chest_lungdx_a0001"
+        paths = write_variant(layout, chest, tmp_path / "source")
+        volume = load_series(paths)
+        findings = run_on_source(LungQCT(), volume, CPU)
+    sources = {str(ds.SOPInstanceUID): ds
+               for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in paths)}
+    rtstruct = build_rtstruct(findings, list(volume.headers), series_instance_uid=pydicom.uid.generate_uid(),
+                              sop_instance_uid=pydicom.uid.generate_uid(), series_number=9905)
+    path = tmp_path / "rtstruct.dcm"
+    rtstruct.save_as(path, enforce_file_format=True)
+    written = pydicom.dcmread(path)
+
+    assert [roi.ROIName for roi in written.StructureSetROISequence] == ["Right lung", "Left lung"]
+    assert {roi.ReferencedFrameOfReferenceUID for roi in written.StructureSetROISequence} == {
+        volume.headers[0].FrameOfReferenceUID}
+    slices = {(uid, findings.source_frame(i)): i for i, uid in enumerate(findings.source_sop_instance_uids)}
+    masks = rtstruct_masks(written, sources, slices, volume.shape)
+    for segment, mask in zip(findings.segments, masks, strict=True):
+        assert dice(mask, segment.full_mask()) >= 0.95, segment.label
+        assert np.array_equal(mask, segment.full_mask()), f"{segment.label}: contours on the mask's edges"
+    check_iod(path).assert_no_errors()
+    validate_instance(path).assert_no_errors()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from pathlib import Path
 
 import highdicom as hd
@@ -21,6 +20,7 @@ from dicom_sr.text import build_text_sr
 from dicom_sr.uids import ResultKind, result_uids
 from tests.dciodvfy import check_entities, check_iod
 from tests.result_objects import CHEST_DX, CXR_ALGORITHM, chest_x_ray_findings
+from tests.test_rtstruct import even_odd_fill
 from tests.test_seg import ALGORITHM, CHEST_CT, load_chest_ct, lung_findings, seg_for
 
 SR_SERIES_NUMBER = 1002
@@ -189,20 +189,7 @@ def test_sr_outline_of_each_segment_encloses_its_largest_part_on_its_fullest_sli
         labels, _ = ndimage.label(mask[fullest])
         largest = np.bincount(labels.ravel())[1:].argmax() + 1
         expected = ndimage.binary_fill_holes(labels == largest)
-        assert (_inside(points, mask.shape[1:]) == expected).all()
-
-
-def _inside(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Pixels whose centre lies inside ``polygon`` ((column, row) vertices), by ray casting."""
-    rows, columns = np.mgrid[: shape[0], : shape[1]] + 0.5
-    inside = np.zeros(shape, dtype=bool)
-    for (x0, y0), (x1, y1) in itertools.pairwise(polygon):
-        if y0 == y1:
-            continue
-        crosses = (rows >= min(y0, y1)) & (rows < max(y0, y1))
-        x_at = x0 + (rows - y0) * (x1 - x0) / (y1 - y0)
-        inside ^= crosses & (columns < x_at)
-    return inside
+        assert (even_odd_fill([points], mask.shape[1:]) == expected).all()
 
 
 def _groups(sr: pydicom.Dataset) -> list[pydicom.Dataset]:

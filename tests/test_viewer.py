@@ -48,6 +48,7 @@ OPENED = {
     "seg-lung-unet": "/segmentation",
     "seg-mr": "/segmentation",
     "seg-many": "/segmentation",
+    "rtstruct-lung-unet": "/segmentation",
     "sr-measurements": "/viewer",
     "sr-laterality": "/viewer",
     "sr-lung-unet": "/viewer",
@@ -57,6 +58,8 @@ OPENED = {
 }
 #: The SEGs whose segments are all on the slice through the first one's centre.
 FEW_SEGMENTS = ["seg-binary", "seg-binary-tilted", "seg-lung-unet", "seg-mr"]
+#: Opened as segmentations too: OHIF's RT extension shows an RTSTRUCT's ROIs as contour segments.
+RTSTRUCTS = ["rtstruct-lung-unet"]
 #: The TID 1500 SRs of segmentations, each group drawn at its structure.
 MEASUREMENT_SRS = ["sr-measurements", "sr-laterality", "sr-lung-unet", "sr-mr"]
 
@@ -82,7 +85,7 @@ def _tools() -> tuple[str, str]:
 def _expected_texts(written: Written) -> list[str]:
     """What the page must show for ``written`` (waited for; the tests assert it)."""
     findings = written.findings
-    if written.name.startswith("seg-"):
+    if written.name.startswith(("seg-", "rtstruct-")):
         return [segment.label for segment in findings.segments]
     if written.name in MEASUREMENT_SRS:
         return ["Volume", "mL"]
@@ -93,7 +96,7 @@ def _painted(written: Written) -> tuple[Segment, ...]:
     """The segments whose colour shows unmixed on the slice visited: of a few, those with voxels no
     other segment covers (nested regions, as BraTS's, show blended); of many, the last one clicked."""
     segments = written.findings.segments
-    if written.name not in FEW_SEGMENTS:
+    if written.name not in FEW_SEGMENTS + RTSTRUCTS:
         return segments[-1:]
     masks = [segment.full_mask() for segment in segments]
     return tuple(segment for index, segment in enumerate(segments)
@@ -108,11 +111,11 @@ def _step(name: str, route: str, written: Written) -> dict[str, Any]:
         "series": header.SeriesInstanceUID, "expect": _expected_texts(written),
         "timeoutMs": _STEP_TIMEOUT_MS,
     }
-    if written.name.startswith("seg-"):
+    if written.name.startswith(("seg-", "rtstruct-")):
         step["click"] = ["Yes"]  # "Do you want to open this Segmentation?" on the image
         # in the panel: go to the segment's centre (of many, the last one: the list must scroll to it)
         segments = written.findings.segments
-        shown = segments[:1] if written.name in FEW_SEGMENTS else segments[-1:]
+        shown = segments[:1] if written.name in FEW_SEGMENTS + RTSTRUCTS else segments[-1:]
         step["clickTexts"] = [segment.label for segment in shown]
         step["colors"] = [list(segment.color_rgb) for segment in _painted(written)]
     else:
@@ -196,8 +199,8 @@ def _report(step: dict[str, Any]) -> str:
             + f"\nsvg text: {step['svgText']}\npage text:\n{step['innerText'][:3000]}")
 
 
-@pytest.mark.parametrize("name", FEW_SEGMENTS)
-def test_ohif_lists_the_seg_segments_by_label_and_paints_them_on_the_image(seen, corpus, name) -> None:
+@pytest.mark.parametrize("name", FEW_SEGMENTS + RTSTRUCTS)
+def test_ohif_lists_each_segment_or_roi_by_label_and_paints_it_on_the_image(seen, corpus, name) -> None:
     step = seen[name]
     segments = corpus[name].findings.segments
     assert _errors(step) == [], _report(step)
@@ -212,7 +215,9 @@ def test_ohif_lists_the_seg_segments_by_label_and_paints_them_on_the_image(seen,
     painted = _painted(corpus[name])
     assert painted, "no segment of its own colour to look for"
     counts = dict(zip((s.label for s in painted), step["colorCounts"]["counts"], strict=True))
-    assert all(count > 200 for count in counts.values()), (
+    # an RTSTRUCT's ROIs are drawn as outlines: fewer pixels of their colour than a filled segment's
+    minimum = 50 if name in RTSTRUCTS else 200
+    assert all(count > minimum for count in counts.values()), (
         f"segment colours in {step['viewportScreenshot']}: {counts}" + _report(step))
 
 

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 
 from dicom_sr.enums import SegType
 from dicom_sr.findings import Findings
+from dicom_sr.rtstruct import build_rtstruct
 from dicom_sr.sc import build_sc
 from dicom_sr.seg import build_seg
 from dicom_sr.sr import build_sr
@@ -87,6 +88,16 @@ def _sc(request: EncodeRequest, series_number: int) -> Sequence[Dataset]:
                     **request.uids(ResultKind.SC, ""))
 
 
+def _rtstruct(request: EncodeRequest, series_number: int) -> Sequence[Dataset]:
+    return [build_rtstruct(request.findings, request.headers, series_number=series_number,
+                           **request.uids(ResultKind.RTSTRUCT, ""))]
+
+
+def _volume_segments_for(format_name: str) -> Callable[[EncodeRequest], bool]:
+    """Applies to a volume's segments when a destination asks for ``format_name``."""
+    return lambda r: isinstance(r.source, Volume) and bool(r.findings.segments) and format_name in r.formats
+
+
 WRITERS: tuple[ResultWriter, ...] = (
     ResultWriter(ResultKind.SEG, "seg", 9901, lambda r: bool(r.findings.segments), _seg),
     ResultWriter(ResultKind.SR, "sr", 9902,
@@ -95,9 +106,9 @@ WRITERS: tuple[ResultWriter, ...] = (
     ResultWriter(ResultKind.TEXT, "sr", 9903,
                  lambda r: bool(r.findings.report_text or r.findings.classifications), _text),
     # key images cost a rendering per slice: only when a destination asks for them
-    ResultWriter(ResultKind.SC, "sc", 9904,
-                 lambda r: isinstance(r.source, Volume) and bool(r.findings.segments) and "sc" in r.formats,
-                 _sc),
+    ResultWriter(ResultKind.SC, "sc", 9904, _volume_segments_for("sc"), _sc),
+    # contours for a treatment planning system, when a destination is one
+    ResultWriter(ResultKind.RTSTRUCT, "rtstruct", 9905, _volume_segments_for("rtstruct"), _rtstruct),
 )
 """Every kind of result, in the order they are written (and referenced)."""
 
