@@ -25,7 +25,7 @@ def test_a_bad_value_is_refused_naming_the_allowed_ones() -> None:
     allowed = "binary, fractional, labelmap"
     with pytest.raises(ValueError, match=rf"^seg_type must be one of {allowed}, got 'FRACT'$"):
         parse(SegType, "FRACT", "seg_type")
-    with pytest.raises(ValueError, match=r"^kind must be one of seg, sr, text, sc, got 'pdf'$"):
+    with pytest.raises(ValueError, match=r"^kind must be one of seg, sr, text, sc, rtstruct, got 'pdf'$"):
         result_uids("1.2.3", "lung-qct", "1.0", None, "pdf")
 
 
