@@ -52,6 +52,7 @@ __all__ = [
     "Instance",
     "Job",
     "JobState",
+    "Purge",
     "Result",
     "Series",
     "SeriesState",
@@ -66,7 +67,7 @@ log = logging.getLogger("radnode.db")
 
 UID = String(64)
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
-#: Alembic's env.py and versions/; in the spool stage, whose Purge model they create too
+#: Alembic's env.py and versions/, in the spool stage
 MIGRATIONS = Path(__file__).resolve().parent / "spool" / "migrations"
 #: pg_advisory_xact_lock key: one radnode process at a time upgrades a PostgreSQL database
 _UPGRADE_LOCK_KEY = 0x7261646E6F6465  # "radnode"
@@ -251,6 +252,18 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None]
 
     result: Mapped[Result] = relationship(back_populates="deliveries")
+
+
+class Purge(Base):
+    """When retention removed a study's files, and how much it freed (one row per study)."""
+
+    __tablename__ = "purge"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id"), unique=True)
+    purged_at: Mapped[datetime] = mapped_column(default=utcnow)
+    files_removed: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_freed: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Database:

@@ -37,7 +37,6 @@ from sqlalchemy import (
     text,
 )
 
-import node.spool.retention  # noqa: F401  (Purge is part of the schema the models describe)
 from node.db import Base, Database, Instance, Job, Series, as_utc, head_revision, radnode_table
 from tests.node_process import radnode_cli
 from tests.services import postgres_database

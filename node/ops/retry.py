@@ -15,11 +15,10 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from node.db import Database, Delivery, DeliveryState, Job, JobState, Result, Series, utcnow
+from node.db import Database, Delivery, DeliveryState, Job, JobState, Purge, Result, Series, utcnow
 from node.errors import BrokerUnreachable, NotRetryable
 from node.jobs.study_jobs import MISSING_INPUT
 from node.jobs.tasks import Enqueuer
-from node.spool.retention import Purge
 
 __all__ = ["retry_delivery", "retry_job"]
 

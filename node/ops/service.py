@@ -91,7 +91,7 @@ def serve(config: Config, *, with_worker: bool) -> None:
     """Run the listener (and a worker) until SIGTERM or SIGINT."""
     prepare_paths(config)
     db = Database(config.database.url)
-    db.create_schema()  # upgraded to the newest revision (node/spool/migrations), Purge table included
+    db.create_schema()  # upgraded to the newest revision (node/spool/migrations)
     spool = Spool(config.storage.path, config.storage.min_free_mb * 2**20, fsync=config.storage.fsync)
     tracker = AssociationTracker()
     enqueuer = Enqueuer(create_app(config))

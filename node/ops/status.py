@@ -12,8 +12,19 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from node.db import Database, Delivery, DeliveryState, Instance, Job, JobState, Result, Series, Study, utcnow
-from node.spool.retention import Purge
+from node.db import (
+    Database,
+    Delivery,
+    DeliveryState,
+    Instance,
+    Job,
+    JobState,
+    Purge,
+    Result,
+    Series,
+    Study,
+    utcnow,
+)
 
 __all__ = ["StudyFilter", "instance_counts", "parse_since", "recent_studies", "render_status"]
 

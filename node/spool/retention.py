@@ -18,31 +18,19 @@ import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import ForeignKey, Integer, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Mapped, mapped_column, selectinload
+from sqlalchemy.orm import selectinload
 
 from node.config import StorageConfig
-from node.db import Base, Database, DeliveryState, Job, JobState, Result, Series, Study, utcnow
+from node.db import Database, DeliveryState, Job, JobState, Purge, Result, Series, Study, utcnow
 
-__all__ = ["Purge", "RetentionSweeper", "purge_expired"]
+__all__ = ["RetentionSweeper", "purge_expired"]
 
 log = logging.getLogger("radnode.retention")
 
 SWEEP_INTERVAL_SECONDS = 3600.0
 _DONE = (JobState.SUCCEEDED, JobState.NOT_APPLICABLE)
-
-
-class Purge(Base):
-    """When retention removed a study's files, and how much it freed (one row per study)."""
-
-    __tablename__ = "purge"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey("study.id"), unique=True)
-    purged_at: Mapped[datetime] = mapped_column(default=utcnow)
-    files_removed: Mapped[int] = mapped_column(Integer, default=0)
-    bytes_freed: Mapped[int] = mapped_column(Integer, default=0)
 
 
 def _delivered(study: Study) -> bool:

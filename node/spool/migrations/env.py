@@ -15,7 +15,6 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
-import node.spool.retention  # noqa: F401  (its Purge model is part of Base.metadata)
 from node.db import Base, radnode_table
 
 connection = context.config.attributes.get("connection")
