@@ -268,20 +268,27 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _self_describing_or_described(self) -> ModelConfig:
-        if self.task == Task.SEGMENTATION:
-            # by value, not by the keys given: a dumped-and-reloaded segmentation config gives every key
-            misplaced = [key for key in ("image", "findings", "thresholds", "report") if getattr(self, key)]
-            misplaced += ["outputs"] if self.outputs != "logits" else []
-            if misplaced:
-                raise ValueError(f"{', '.join(misplaced)} apply to task classification or report; "
-                                 "this model's task is segmentation (set task)")
-            if self.format in ("torchscript", "onnx"):
-                if self.input is None:
-                    raise ValueError(f"a {self.format} model needs input (patch_size, normalization, …)")
-                if not self.labels:
-                    raise ValueError(f"a {self.format} model needs labels (value: name, code, colour)")
-            return self
-        return self._radiograph_model()
+        rules = {
+            Task.SEGMENTATION: ModelConfig._segmentation_model,
+            Task.CLASSIFICATION: ModelConfig._radiograph_model,
+            Task.REPORT: ModelConfig._radiograph_model,
+        }
+        return rules[self.task](self)
+
+    def _segmentation_model(self) -> ModelConfig:
+        """The rules of a 3-D segmentation model."""
+        # by value, not by the keys given: a dumped-and-reloaded segmentation config gives every key
+        misplaced = [key for key in ("image", "findings", "thresholds", "report") if getattr(self, key)]
+        misplaced += ["outputs"] if self.outputs != "logits" else []
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)} apply to task classification or report; "
+                             "this model's task is segmentation (set task)")
+        if self.format in ("torchscript", "onnx"):
+            if self.input is None:
+                raise ValueError(f"a {self.format} model needs input (patch_size, normalization, …)")
+            if not self.labels:
+                raise ValueError(f"a {self.format} model needs labels (value: name, code, colour)")
+        return self
 
     def _radiograph_model(self) -> ModelConfig:
         """The rules of a 2-D classifier or report generator."""
