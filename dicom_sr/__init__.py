@@ -6,9 +6,11 @@
     dicom_sr.findings  the result contract pipelines return (Findings, Segment, …; numpy only)
     dicom_sr.uids    deterministic ``2.25.`` UIDs: a re-run replaces, never duplicates
     dicom_sr.seg     build_seg: Findings.segments → Segmentation (BINARY, FRACTIONAL or LABELMAP)
-    dicom_sr.sr      build_sr: Findings.groups + classifications → Comprehensive 3D SR, TID 1500
+    dicom_sr.sr      build_sr: Findings.groups, classifications, detections → Comprehensive 3D SR, TID 1500
     dicom_sr.text    build_text_sr: report text, classifications → Comprehensive SR with TEXT items
     dicom_sr.sc      build_sc: key slices with the segments burned in → Secondary Capture images
+    dicom_sr.derived build_derived_series: an image-to-image model's output → CT or MR images, one per
+                     source slice (a derived series)
 
 The names below are loaded on first use (PEP 562), so ``import dicom_sr.codes``, ``dicom_sr.enums``,
 ``dicom_sr.errors`` and ``dicom_sr.findings`` stay free of highdicom: :mod:`inference` and
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dicom_sr.codes import Code
+    from dicom_sr.derived import build_derived_series
     from dicom_sr.enums import SegType
     from dicom_sr.errors import EncodingError, RadnodeError
     from dicom_sr.sc import build_sc
@@ -37,6 +40,7 @@ __all__ = [
     "ResultKind",
     "ResultUIDs",
     "SegType",
+    "build_derived_series",
     "build_sc",
     "build_seg",
     "build_sr",
@@ -52,6 +56,7 @@ _MODULE_OF = {
     "ResultKind": "dicom_sr.uids",
     "ResultUIDs": "dicom_sr.uids",
     "SegType": "dicom_sr.enums",
+    "build_derived_series": "dicom_sr.derived",
     "build_sc": "dicom_sr.sc",
     "build_seg": "dicom_sr.seg",
     "build_sr": "dicom_sr.sr",

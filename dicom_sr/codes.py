@@ -92,6 +92,17 @@ ABSENT = Code("272519000", "SCT", "Absent")  # CID 240 / 241
 PROBABILITY = Code("122157", "DCM", "Probability")  # PS3.16 Annex D
 UNIT_NO_UNITS = Code("1", "UCUM", "no units")  # CID 7181: a probability in [0, 1]
 
+# --- Detector outputs (TID 1410 per detection, TID 1501 count) -----------------------------------
+# A CAD concept (CID 6048): how sure the detector is of a finding, as a percentage of certainty
+CERTAINTY_OF_FINDING = Code("111012", "DCM", "Certainty of Finding")
+NUMBER_OF_LESIONS = Code("246206008", "SCT", "Number of lesions")  # an observable entity
+
+# --- Derived images (PS3.3 C.7.6.1.1.3: Source Image Sequence and Derivation Code Sequence) -------
+SOURCE_IMAGE_FOR_PROCESSING = Code("121322", "DCM", "Source image for image processing operation")  # CID 7202
+SMOOTHING = Code("113087", "DCM", "Smoothing")  # CID 7203 (it has no "denoising"; smoothing is what one does)
+PROCESSING_EQUIPMENT = Code("109102", "DCM", "Processing Equipment")  # CID 7005
+ACQUISITION_EQUIPMENT = Code("109101", "DCM", "Acquisition Equipment")  # CID 7005
+
 # --- Text reports (Comprehensive SR) -----------------------------------------------------------
 DIAGNOSTIC_IMAGING_REPORT = Code("18748-4", "LN", "Diagnostic imaging report")  # CID 7000
 FINDINGS = Code("121070", "DCM", "Findings")  # TID 2000 section

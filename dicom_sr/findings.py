@@ -8,20 +8,25 @@ are numpy arrays on the exact source grid (slice, row, column in the Volume's sl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from dicom_sr import codes
 from dicom_sr.codes import Code
 
 __all__ = [
     "Algorithm",
     "Classification",
+    "DerivedImage",
+    "Detection",
     "Findings",
     "Measurement",
     "MeasurementGroup",
     "ReportText",
     "Segment",
+    "detection_count",
 ]
 
 
@@ -160,6 +165,47 @@ class Classification:
 
 
 @dataclass(frozen=True)
+class Detection:
+    """One thing a detector found: what it is, its score, and its box on the source grid.
+
+    ``start`` and ``stop`` are opposite corners of the box in continuous voxel coordinates (slice,
+    row, column) of a grid of ``grid_shape``: voxel (k, i, j) spans [k, k + 1) × [i, i + 1) ×
+    [j, j + 1), the pixel-edge convention of SCOORD (PS3.3 C.18.6.1.1), so a box drawn on a slice
+    encloses exactly the pixels it covers.
+    """
+
+    finding: Code
+    score: float
+    start: tuple[float, float, float]
+    stop: tuple[float, float, float]
+    grid_shape: tuple[int, int, int]
+    finding_site: Code | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"{self.finding.meaning}: score {self.score} is not in [0, 1]")
+        if not all(0.0 <= low < high <= size
+                   for low, high, size in zip(self.start, self.stop, self.grid_shape, strict=True)):
+            raise ValueError(f"{self.finding.meaning}: the box {self.start}–{self.stop} is not a box "
+                             f"(start < stop) within the grid {self.grid_shape}")
+
+    @property
+    def centre_slice(self) -> int:
+        """The slice through the box's centre, where a viewer draws it."""
+        return min(int((self.start[0] + self.stop[0]) / 2), self.grid_shape[0] - 1)
+
+
+def detection_count(finding: Code, detections: Sequence[Detection],
+                    finding_site: Code | None = None) -> MeasurementGroup:
+    """A group about the series (TID 1501): how many ``finding`` a detector found, 0 included, so
+    that a report says "none found" rather than nothing."""
+    found = sum(1 for detection in detections if detection.finding == finding)
+    return MeasurementGroup(f"{finding.meaning} count"[:64], finding,
+                            (Measurement(codes.NUMBER_OF_LESIONS, float(found), codes.UNIT_NO_UNITS),),
+                            finding_site=finding_site)
+
+
+@dataclass(frozen=True)
 class ReportText:
     """Free text a report generator wrote, under a heading (e.g. Findings, Impression)."""
 
@@ -172,8 +218,36 @@ class ReportText:
 
 
 @dataclass(frozen=True)
+class DerivedImage:
+    """What an image-to-image model made of the series: a new image on the exact source grid.
+
+    ``values`` are float32 (slice, row, column) like masks, in ``unit`` (UCUM, e.g. ``[hnsf'U]``);
+    ``derivation`` is how they were derived (CID 7203), ``description`` says so in words (Derivation
+    Description). ``window`` is the (center, width) to show them with; None: the values' 1st-99th
+    percentile.
+    """
+
+    values: np.ndarray = field(repr=False)
+    unit: Code
+    description: str
+    derivation: Code
+    window: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.values.dtype != np.float32 or self.values.ndim != 3:
+            raise ValueError(f"derived image values must be a 3-D float32 array, "
+                             f"got {self.values.dtype} with shape {self.values.shape}")
+        if not np.isfinite(self.values).all():
+            raise ValueError("derived image values must be finite (no NaN or infinity)")
+        if not self.description.strip():
+            raise ValueError("a derived image needs a description of what was done")
+        if self.window is not None and self.window[1] <= 0:
+            raise ValueError(f"window width must be positive, got {self.window[1]}")
+
+
+@dataclass(frozen=True)
 class Findings:
-    """Everything one pipeline run produced for one series.
+    """Everything one pipeline run produced for one series (a detector's boxes in ``detections``).
 
     Slice *i* of every mask is source image ``source_sop_instance_uids[i]``, and, when that image is
     a multi-frame instance, its frame ``source_frame_numbers[i]`` (1-based; empty when every source
@@ -188,11 +262,16 @@ class Findings:
     classifications: tuple[Classification, ...] = ()
     report_text: tuple[ReportText, ...] = ()
     source_frame_numbers: tuple[int | None, ...] = ()
+    detections: tuple[Detection, ...] = ()
+    derived_image: DerivedImage | None = None  # an image-to-image model's output (a derived series)
 
     def __post_init__(self) -> None:
         n = len(self.source_sop_instance_uids)
         if self.source_frame_numbers and len(self.source_frame_numbers) != n:
             raise ValueError(f"{len(self.source_frame_numbers)} source frame numbers for {n} source images")
+        if self.derived_image is not None and self.derived_image.values.shape[0] != n:
+            raise ValueError(f"the derived image has {self.derived_image.values.shape[0]} slices "
+                             f"but the source has {n}")
         for seg in self.segments:
             if seg.shape[0] != n:
                 raise ValueError(
@@ -203,6 +282,10 @@ class Findings:
             if any(not 0 <= index < len(self.segments) for index in named):
                 raise ValueError(f"group {group.tracking_id!r} names segments {named}, "
                                  f"but there are {len(self.segments)} segments")
+        for detection in self.detections:
+            if detection.grid_shape[0] != n:
+                raise ValueError(f"a detection of {detection.finding.meaning} is on a grid of "
+                                 f"{detection.grid_shape[0]} slices but the source has {n}")
 
     def source_frame(self, index: int) -> int | None:
         """The frame of mask slice ``index`` in its multi-frame source image; None for a single-frame one."""

@@ -8,8 +8,12 @@ Content tree (PS3.16)::
     └── Imaging Measurements
         ├── TID 1411 Volumetric ROI measurements   one per group tied to a segment: references
         │                                          the SEG segment and its source series
-        ├── TID 1501 Measurements                   one per group not tied to a segment: references
-        │                                           the source images
+        ├── TID 1501 Measurements                   one per group not tied to a segment: its region
+        │                                           (the segments' bounding box), or the whole middle
+        │                                           slice (a regression's value, a detector's count)
+        ├── TID 1410 Planar ROI measurements        one per detection: its box as a closed SCOORD
+        │                                           POLYLINE on the source image through its centre,
+        │                                           its score as Certainty of Finding (DCM 111012, %)
         └── TID 1501 per classifier output          the finding as a qualitative evaluation
                                                     (Present / Absent, CID 240) and its Probability
                                                     (DCM 122157, UCUM "1"); references the source images
@@ -33,7 +37,7 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_sr import codes
-from dicom_sr.findings import Algorithm, Classification, Findings, Measurement, MeasurementGroup
+from dicom_sr.findings import Algorithm, Classification, Detection, Findings, Measurement, MeasurementGroup
 from dicom_sr.outline import Outline, bounding_outline, largest_outline
 from dicom_sr.seg import (
     MANUFACTURER,
@@ -197,7 +201,10 @@ def _group(
     A volumetric group refers to its SEG segment (TID 1411 allows no image region beside it), so
     its outline goes into a TID 1410 planar group with the same Tracking Identifier and UID: the
     same structure, seen on one slice. Viewers that merge groups by tracking UID (OHIF v3) then
-    draw the outline with the volumetric measurements. A TID 1501 group carries its region itself.
+    draw the outline with the volumetric measurements. A TID 1501 group carries its region itself;
+    one about the whole series (a regression's value, a detector's count) has the whole middle slice
+    as its region: OHIF v3 (3.13) fails to open a report with a group it cannot place (it reads the
+    first coordinate of each group), and the whole image claims no place within it.
     """
     finding_type = coded_concept(group.finding)
     algorithm_id = _algorithm_id(findings.algorithm)
@@ -216,14 +223,12 @@ def _group(
             finding_type=finding_type,
             finding_sites=finding_sites,
             measurements=measurements,
-            # TID 1501 row 10 (TID 320) is one reference: the region drawn where the group is largest
-            # when there is one (the source series is the SR's evidence), else the source images
-            source_images=None if outline is not None else [
-                hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in source
-            ],
         )
-        if outline is not None:
-            combined[0].ContentSequence.append(_image_region(outline, images))
+        # TID 1501 row 10 (TID 320) is one reference: the region drawn where the group is largest, or
+        # the whole middle slice (the source series is the SR's evidence)
+        middle = len(images) // 2
+        whole = _whole_image(images[middle].header, middle)
+        combined[0].ContentSequence.append(_image_region(outline or whole, images))
         return [combined]
     if seg is None:
         raise EncodingError(f"group {group.tracking_id!r} names a segment, but no SEG was given")
@@ -303,11 +308,42 @@ def _classification_group(
     return group
 
 
-def _whole_image(image: pydicom.Dataset) -> Outline:
-    """The border of ``image``, as a closed outline."""
+def _detection_group(
+    detection: Detection,
+    number: int,
+    findings: Findings,
+    images: Sequence[_SliceImage],
+    sop_instance_uid: str,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 for detection ``number`` (from 1): its box on the slice through its centre, its score.
+
+    OHIF v3 draws a SCOORD POLYLINE on its image (a SCOORD3D it does not draw), so the box is the
+    rectangle the detection covers in rows and columns, on the source image it is centred on.
+    """
+    tracking_id = f"{detection.finding.meaning} {number}"[:_LO_MAX_LENGTH]
+    (_, top, left), (_, bottom, right) = detection.start, detection.stop
+    corners = [[left, top], [right, top], [right, bottom], [left, bottom], [left, top]]
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derive_uid(sop_instance_uid, "tracking", tracking_id), identifier=tracking_id
+        ),
+        referenced_region=_image_region(Outline(detection.centre_slice, np.array(corners, dtype=float)),
+                                        images),
+        finding_type=coded_concept(detection.finding),
+        finding_sites=[hd.sr.FindingSite(coded_concept(detection.finding_site))]
+        if detection.finding_site else None,
+        measurements=[_measurement(
+            Measurement(codes.CERTAINTY_OF_FINDING, 100.0 * detection.score, codes.UNIT_PERCENT),
+            _algorithm_id(findings.algorithm),
+        )],
+    )
+
+
+def _whole_image(image: pydicom.Dataset, slice_index: int = 0) -> Outline:
+    """The border of ``image`` (slice ``slice_index`` of the grid), as a closed outline."""
     columns, rows = float(image.Columns), float(image.Rows)
     corners = [[0.0, 0.0], [columns, 0.0], [columns, rows], [0.0, rows], [0.0, 0.0]]
-    return Outline(0, np.array(corners))
+    return Outline(slice_index, np.array(corners))
 
 
 def _private_coding_schemes(findings: Findings) -> list[CodingSchemeIdentificationItem] | None:
@@ -321,10 +357,12 @@ def _private_coding_schemes(findings: Findings) -> list[CodingSchemeIdentificati
             *(c for m in group.measurements for c in (m.concept, m.unit, m.derivation)),
         )
         if code is not None and code.scheme.startswith("99")
-    } | {
+    }
+    located: Sequence[Classification | Detection] = (*findings.classifications, *findings.detections)
+    used |= {
         code.scheme
-        for classification in findings.classifications
-        for code in (classification.finding, classification.finding_site)
+        for item in located
+        for code in (item.finding, item.finding_site)
         if code is not None and code.scheme.startswith("99")
     }
     if not used:
@@ -353,7 +391,7 @@ def build_sr(
     manufacturer: str = MANUFACTURER,
     institution_name: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """Encode ``findings.groups`` and ``findings.classifications`` as a TID 1500 Measurement Report.
+    """Encode ``findings.groups``, ``classifications`` and ``detections`` as a TID 1500 Measurement Report.
 
     ``source`` are the source slice headers (Pixel Data not needed); ``seg`` is the SEG that
     :func:`dicom_sr.seg.build_seg` made from the same findings (None only when no group names a
@@ -361,10 +399,9 @@ def build_sr(
     source modality (CID 100); pipelines that know better (e.g. :data:`codes.CT_OF_CHEST`) pass it.
     The report is COMPLETE, UNVERIFIED and PRELIMINARY: nobody has signed it.
     """
-    if not findings.groups and not findings.classifications:
-        raise EncodingError(
-            "findings have no measurement groups and no classifications: there is nothing to report"
-        )
+    if not findings.groups and not findings.classifications and not findings.detections:
+        raise EncodingError("findings have no measurement groups, classifications or detections: "
+                            "there is nothing to report")
     if not source:
         raise EncodingError("build_sr needs the source slice headers, got none")
     if seg is None and any(group.segment is not None for group in findings.groups):
@@ -389,6 +426,10 @@ def build_sr(
                 *(
                     _classification_group(classification, findings, source, sop_instance_uid)
                     for classification in findings.classifications
+                ),
+                *(
+                    _detection_group(detection, number, findings, images, sop_instance_uid)
+                    for number, detection in enumerate(findings.detections, start=1)
                 ),
             ],
         )

@@ -37,6 +37,7 @@ class ResultKind(StrEnum):
     TEXT = "text"  # Comprehensive SR with a report generator's text
     SC = "sc"  # Secondary Capture key images (one series; instance UIDs derive from this one)
     RTSTRUCT = "rtstruct"  # RT Structure Set: the segments as contours for treatment planning
+    IMAGE = "image"  # a derived image series (one instance per source slice; UIDs derive from this one)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["CodeText", "FindingSpec", "LabelSpec", "Meaning", "Section", "Threshold"]
+__all__ = ["CodeText", "FindingSpec", "LabelSpec", "Meaning", "Section", "Threshold", "ValueSpec"]
 
 _CODE = re.compile(r"^(?P<scheme>[A-Za-z0-9_.-]{1,16}):(?P<value>[^:\s]{1,64})$")
 
@@ -94,3 +94,23 @@ class FindingSpec(Section):
         if (self.site is None) != (self.site_meaning is None):
             raise ValueError("site and site_meaning go together: give both or neither")
         return self
+
+
+class ValueSpec(Section):
+    """One output of a regression network: the quantity it estimates, coded, in which unit.
+
+    ``code``/``meaning`` name the quantity (a TID 300 concept name), ``unit`` its UCUM code (``a`` for
+    years) with ``unit_meaning``; ``finding``/``finding_meaning`` what it is about (the measurement
+    group's Finding, e.g. ``SCT:12738006`` Brain). The network's number becomes
+    ``scale * output + offset`` in that unit, for networks trained on a rescaled target.
+    """
+
+    name: Meaning
+    code: CodeText
+    meaning: Meaning
+    unit: Annotated[str, Field(min_length=1, max_length=16)]
+    unit_meaning: Meaning
+    finding: CodeText
+    finding_meaning: Meaning
+    scale: float = 1.0
+    offset: float = 0.0

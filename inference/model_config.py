@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from inference.label_spec import FindingSpec, LabelSpec, Section, Threshold
+from inference.label_spec import CodeText, FindingSpec, LabelSpec, Meaning, Section, Threshold, ValueSpec
 from inference.labels import load_finding_table, load_label_table
 
 __all__ = [
@@ -26,12 +26,14 @@ __all__ = [
     "UNPINNED_SHA256",
     "FindingSpec",
     "ImageInputSpec",
+    "ImageOutputSpec",
     "InputSpec",
     "LabelSpec",
     "ModelConfig",
     "Normalization",
     "ReportSpec",
     "Task",
+    "ValueSpec",
     "shipped_weights_dir",
 ]
 
@@ -63,10 +65,11 @@ class Normalization(Section):
 
     ``window``: clip to [low, high] then scale to [0, 1]. ``zscore``: subtract the volume's mean and
     divide by its standard deviation. ``fixed``: clip to [low, high] (when given) then
-    (x - mean) / std with the given numbers (nnU-Net's CT normalisation). ``none``: as loaded (HU).
+    (x - mean) / std with the given numbers (nnU-Net's CT normalisation). ``mean``: divide by the
+    volume's mean (SFCN's brain-age input). ``none``: as loaded (HU).
     """
 
-    kind: Literal["none", "window", "zscore", "fixed"] = "none"
+    kind: Literal["none", "window", "zscore", "fixed", "mean"] = "none"
     # zscore over the nonzero voxels only, zeros kept (MONAI's nonzero: skull-stripped brain MR)
     nonzero: bool = False
     low: float | None = None
@@ -195,12 +198,42 @@ class ReportSpec(Section):
     skip_tokens: tuple[str, ...] = ("<pad>", "<bos>")
 
 
+class ImageOutputSpec(Section):
+    """What an image-to-image network's one output channel is (``task: image``): a derived series.
+
+    Its value becomes ``scale * output + offset`` in ``unit`` (UCUM, with ``unit_meaning``; HU by
+    default), clipped to [``low``, ``high``] where given (the range the network was trained to
+    produce), and is brought back to the source grid (trilinear). ``derivation`` codes how the image
+    is derived from its source (CID 7203, e.g. ``DCM:113087`` Smoothing), ``description`` says it in
+    words (the images' Derivation Description).
+    """
+
+    description: Annotated[str, Field(min_length=1, max_length=1024)]
+    derivation: CodeText
+    derivation_meaning: Meaning
+    unit: Annotated[str, Field(min_length=1, max_length=16)] = "[hnsf'U]"
+    unit_meaning: Meaning = "Hounsfield unit"
+    scale: float = 1.0
+    offset: float = 0.0
+    low: float | None = None
+    high: float | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> ImageOutputSpec:
+        if self.low is not None and self.high is not None and self.low >= self.high:
+            raise ValueError(f"output low ({self.low:g}) must be below high ({self.high:g})")
+        return self
+
+
 class Task(StrEnum):
     """What a model does (``models.NAME.task``); it picks the pipeline that runs it."""
 
     SEGMENTATION = "segmentation"
     CLASSIFICATION = "classification"
     REPORT = "report"
+    DETECTION = "detection"  # 3-D boxes with scores (inference.pipelines.detection)
+    REGRESSION = "regression"  # numbers about the series, e.g. brain age (inference.pipelines.regression)
+    IMAGE = "image"  # image-to-image: a derived series of the source (inference.pipelines.image)
 
 
 class ModelConfig(Section):
@@ -211,7 +244,11 @@ class ModelConfig(Section):
     (3-D; ``input`` and ``labels`` are required for TorchScript and ONNX files, bundle and nnU-Net
     folders carry their own and the YAML may override them), or, on 2-D radiographs (``image``),
     ``classification`` (``findings``: one coded finding per output) and ``report`` (``report``: how
-    its output becomes text). Classifiers and report generators are TorchScript or ONNX files.
+    its output becomes text); or 3-D again, ``detection`` (``input`` and ``findings``: one coded
+    finding per class, its threshold the lowest score reported) and ``regression`` (``input`` and
+    ``values``: one coded quantity per output, with its unit), and ``image`` (``input`` and ``output``:
+    what its one output image is; a derived series). All but segmentation models are TorchScript or
+    ONNX files.
     """
 
     file: Path
@@ -247,6 +284,10 @@ class ModelConfig(Section):
     # classification: finding name → threshold, replacing the one ``findings`` gives (a site's calibration)
     thresholds: dict[str, Threshold] = Field(default_factory=dict)
     report: ReportSpec | None = None
+    # regression: output index (from 0) → the quantity it estimates, coded, with its unit
+    values: dict[Annotated[int, Field(ge=0, le=255)], ValueSpec] = Field(default_factory=dict)
+    # image: what the network's output image is
+    output: ImageOutputSpec | None = None
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -272,23 +313,78 @@ class ModelConfig(Section):
             Task.SEGMENTATION: ModelConfig._segmentation_model,
             Task.CLASSIFICATION: ModelConfig._radiograph_model,
             Task.REPORT: ModelConfig._radiograph_model,
+            Task.DETECTION: ModelConfig._detection_model,
+            Task.REGRESSION: ModelConfig._regression_model,
+            Task.IMAGE: ModelConfig._image_model,
         }
         return rules[self.task](self)
 
     def _segmentation_model(self) -> ModelConfig:
         """The rules of a 3-D segmentation model."""
         # by value, not by the keys given: a dumped-and-reloaded segmentation config gives every key
-        misplaced = [key for key in ("image", "findings", "thresholds", "report") if getattr(self, key)]
+        misplaced = [key for key in ("image", "findings", "thresholds", "report", "values", "output")
+                     if getattr(self, key)]
         misplaced += ["outputs"] if self.outputs != "logits" else []
         if misplaced:
-            raise ValueError(f"{', '.join(misplaced)} apply to task classification or report; "
-                             "this model's task is segmentation (set task)")
+            raise ValueError(f"{', '.join(misplaced)} apply to task classification or report (values: "
+                             "regression); this model's task is segmentation (set task)")
         if self.format in ("torchscript", "onnx"):
             if self.input is None:
                 raise ValueError(f"a {self.format} model needs input (patch_size, normalization, …)")
             if not self.labels:
                 raise ValueError(f"a {self.format} model needs labels (value: name, code, colour)")
         return self
+
+    def _volume_network(self, *allowed: str) -> None:
+        """What a 3-D detector and regressor share: a TorchScript or ONNX file with ``input``, and
+        none of the other tasks' sections but ``allowed``."""
+        task = self.task
+        if self.format not in ("torchscript", "onnx"):
+            raise ValueError(f"a {task} model is a torchscript or onnx file, not {self.format}")
+        if self.input is None:
+            raise ValueError(f"a {task} model needs input (patch_size: the network's input size, "
+                             "spacing_mm, normalization, …)")
+        sections = ("labels", "image", "report", "findings", "thresholds", "values", "output")
+        misplaced = [key for key in sections if getattr(self, key) and key not in allowed]
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)} do not apply to a {task} model (it takes input and "
+                             f"{' and '.join(allowed)})")
+
+    def _detection_model(self) -> ModelConfig:
+        """The rules of a 3-D detector: ``input``, and ``findings``, one coded finding per class."""
+        self._volume_network("findings", "thresholds")
+        if not self.findings:
+            raise ValueError("a detection model needs findings (class: name, code, meaning, threshold: the "
+                             "lowest score reported, site), e.g. findings: {0: {name: Nodule, code: "
+                             "SCT:27925004, meaning: Nodule, threshold: 0.5}}")
+        _numbered_from_zero("findings", sorted(self.findings))
+        self._known_thresholds()
+        return self
+
+    def _regression_model(self) -> ModelConfig:
+        """The rules of a 3-D regressor: ``input``, and ``values``, one coded quantity per output."""
+        self._volume_network("values")
+        if not self.values:
+            raise ValueError("a regression model needs values (output: name, code, meaning, unit, "
+                             "unit_meaning, finding, finding_meaning, scale, offset)")
+        _numbered_from_zero("values", sorted(self.values))
+        return self
+
+    def _image_model(self) -> ModelConfig:
+        """The rules of an image-to-image model: ``input`` (its 3-D patches) and ``output``, what it makes."""
+        self._volume_network("output")
+        if self.output is None:
+            raise ValueError("an image model needs output (description, derivation, derivation_meaning; "
+                             "unit, scale, offset, low, high), e.g. output: {description: CT denoised, "
+                             "derivation: DCM:113087, derivation_meaning: Smoothing}")
+        return self
+
+    def _known_thresholds(self) -> None:
+        names = [spec.name for spec in self.findings.values()]
+        unknown = sorted(set(self.thresholds) - set(names))
+        if unknown:
+            raise ValueError(f"thresholds names unknown finding(s) {', '.join(unknown)}; the findings are "
+                             f"{', '.join(names)}")
 
     def _radiograph_model(self) -> ModelConfig:
         """The rules of a 2-D classifier or report generator."""
@@ -311,15 +407,8 @@ class ModelConfig(Section):
         if not self.findings:
             raise ValueError("a classification model needs findings (output: name, code, meaning, "
                              "threshold), e.g. findings: preset:chestxray14")
-        outputs = sorted(self.findings)
-        if outputs != list(range(len(outputs))):
-            raise ValueError(f"findings must number the outputs 0…{len(outputs) - 1} without gaps; got "
-                             f"{', '.join(map(str, outputs))}")
-        names = [spec.name for spec in self.findings.values()]
-        unknown = sorted(set(self.thresholds) - set(names))
-        if unknown:
-            raise ValueError(f"thresholds names unknown finding(s) {', '.join(unknown)}; the findings are "
-                             f"{', '.join(names)}")
+        _numbered_from_zero("findings", sorted(self.findings))
+        self._known_thresholds()
         return self
 
     def classifier_findings(self) -> dict[int, FindingSpec]:
@@ -329,5 +418,11 @@ class ModelConfig(Section):
 
     @property
     def network_input(self) -> InputSpec | ImageInputSpec | None:
-        """What the network takes: the 3-D ``input`` of a segmentation model, else the 2-D ``image``."""
-        return self.input if self.task == Task.SEGMENTATION else self.image
+        """What the network takes: the 2-D ``image`` of a radiograph model, else the 3-D ``input``."""
+        return self.image if self.task in (Task.CLASSIFICATION, Task.REPORT) else self.input
+
+
+def _numbered_from_zero(section: str, outputs: list[int]) -> None:
+    if outputs != list(range(len(outputs))):
+        raise ValueError(f"{section} must number the outputs 0…{len(outputs) - 1} without gaps; got "
+                         f"{', '.join(map(str, outputs))}")

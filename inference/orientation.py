@@ -47,6 +47,16 @@ class AxisMap:
         labels = labels.flip(flipped) if flipped else labels
         return labels.permute(tuple(int(i) for i in np.argsort(self.order)))
 
+    def box_to_volume(self, start: Sequence[float], stop: Sequence[float], shape: Sequence[int]
+                      ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """The inverse of :meth:`to_model` for a box [start, stop) on a model-axes grid of ``shape``,
+        in voxel-edge coordinates (voxel i spans [i, i + 1)): its (start, stop) on the volume's axes."""
+        low, high = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+        for k, (axis, flip) in enumerate(zip(self.order, self.flip, strict=True)):
+            low[axis], high[axis] = ((shape[k] - stop[k], shape[k] - start[k]) if flip
+                                     else (start[k], stop[k]))
+        return (low[0], low[1], low[2]), (high[0], high[1], high[2])
+
 
 def axis_map(affine: np.ndarray, orientation: str) -> AxisMap:
     """How to lay a volume with ``affine`` ((slice, row, col, 1) → LPS mm) along ``orientation``.

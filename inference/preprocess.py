@@ -4,12 +4,16 @@ A model sees the volume laid along its ``input.orientation`` (when it names one:
 bundles, see :mod:`inference.orientation`), normalised as its ``input.normalization`` says and
 resampled to its ``input.spacing_mm`` (trilinear, like nnU-Net's and MONAI's image resampling); its
 label map goes back by nearest neighbour and the inverse axis map to the exact source grid, so every
-mask voxel is one source voxel and SEG frames line up with the source slices.
+mask voxel is one source voxel and SEG frames line up with the source slices. A network of one fixed
+input size (a detector, a regressor) sees the whole volume so prepared, centred in ``input.patch_size``
+(cropped or zero-padded, as SFCN's brain-age preprocessing crops): :func:`fitted_input`, whose boxes
+:meth:`FittedInput.box_to_volume` maps back onto the source grid.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +23,9 @@ from inference.orientation import AxisMap, axis_map
 from inference.volume import Volume
 
 __all__ = [
+    "FittedInput",
+    "fitted_input",
+    "image_to_volume",
     "labels_to_volume",
     "model_input",
     "normalize",
@@ -48,6 +55,8 @@ def normalize(voxels: torch.Tensor, spec: Normalization) -> torch.Tensor:
         if spec.low is not None or spec.high is not None:
             voxels = voxels.clamp(spec.low, spec.high)
         return (voxels - spec.mean) / spec.std
+    if spec.kind == "mean":
+        return voxels / voxels.mean().clamp(min=1e-8)
     return voxels
 
 
@@ -82,6 +91,49 @@ def model_input(volume: Volume, spec: InputSpec, device: torch.device,
     return F.interpolate(image[None], size=size, mode="trilinear", align_corners=False)[0]
 
 
+@dataclass(frozen=True)
+class FittedInput:
+    """A volume as a fixed-size network sees it, and the way back to the source grid.
+
+    ``image`` is (channels, *patch_size); its voxel 0 is voxel ``offset`` of the volume resampled on
+    the model's axes (``resampled_shape``; negative where padded); ``source_shape`` is the volume on
+    the model's axes at its own spacing, which ``axes`` turn back into the volume's.
+    """
+
+    image: torch.Tensor
+    offset: tuple[int, ...]
+    resampled_shape: tuple[int, ...]
+    source_shape: tuple[int, ...]
+    axes: AxisMap | None
+
+    def box_to_volume(self, start: Sequence[float], stop: Sequence[float]
+                      ) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
+        """A box [start, stop) in the network input's voxel-edge coordinates → the same box on the
+        source grid (slice, row, column), clipped to it; None when nothing of it is on the volume."""
+        low, high = [], []
+        for k in range(3):
+            scale = self.source_shape[k] / self.resampled_shape[k]  # voxel edges map linearly both ways
+            low.append(min(max((start[k] + self.offset[k]) * scale, 0.0), float(self.source_shape[k])))
+            high.append(min(max((stop[k] + self.offset[k]) * scale, 0.0), float(self.source_shape[k])))
+        if any(a >= b for a, b in zip(low, high, strict=True)):
+            return None
+        if self.axes is not None:
+            return self.axes.box_to_volume(low, high, self.source_shape)
+        return (low[0], low[1], low[2]), (high[0], high[1], high[2])
+
+
+def fitted_input(volume: Volume, spec: InputSpec, device: torch.device) -> FittedInput:
+    """:func:`model_input` centred in ``spec.patch_size``: cropped where larger, zero-padded where smaller."""
+    image = model_input(volume, spec, device)
+    resampled = tuple(int(n) for n in image.shape[1:])
+    offset = tuple((n - size) // 2 for n, size in zip(resampled, spec.patch_size, strict=True))
+    pads: list[int] = []
+    for n, size, first in reversed(list(zip(resampled, spec.patch_size, offset, strict=True))):
+        pads += [-first, size - n + first]  # F.pad crops where a pad is negative
+    axes = _axes(volume, spec)
+    return FittedInput(F.pad(image, pads), offset, resampled, _model_axes_shape(volume, axes), axes)
+
+
 def labels_to_volume(labels: torch.Tensor, volume: Volume, spec: InputSpec) -> torch.Tensor:
     """The inverse of :func:`model_input` for a label map: back to ``volume``'s exact grid and axes."""
     axes = _axes(volume, spec)
@@ -94,6 +146,14 @@ def probability_to_volume(probability: torch.Tensor, volume: Volume, spec: Input
     axes = _axes(volume, spec)
     probability = probability_to_source_grid(probability, _model_axes_shape(volume, axes))
     return axes.to_volume(probability) if axes else probability
+
+
+def image_to_volume(image: torch.Tensor, volume: Volume, spec: InputSpec) -> torch.Tensor:
+    """The inverse of :func:`model_input` for an image the network made (z, y, x): trilinear, values kept."""
+    axes = _axes(volume, spec)
+    shape = _model_axes_shape(volume, axes)
+    image = image if tuple(image.shape) == tuple(shape) else _trilinear(image, shape)
+    return axes.to_volume(image) if axes else image
 
 
 def _axes(volume: Volume, spec: InputSpec) -> AxisMap | None:
@@ -120,6 +180,11 @@ def probability_to_source_grid(probability: torch.Tensor, shape: Sequence[int]) 
     """A probability map (z, y, x) on the model's grid → the source grid ``shape``, trilinear, in [0, 1]."""
     if tuple(probability.shape) == tuple(shape):
         return probability
-    resized = F.interpolate(probability[None, None].to(torch.float32), size=tuple(shape), mode="trilinear",
+    return _trilinear(probability, shape).clamp_(0.0, 1.0)
+
+
+def _trilinear(values: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``values`` (z, y, x) resampled to ``shape`` at voxel centres, as :func:`model_input` resamples."""
+    resized = F.interpolate(values[None, None].to(torch.float32), size=tuple(shape), mode="trilinear",
                             align_corners=False)
-    return resized[0, 0].clamp_(0.0, 1.0)
+    return resized[0, 0]

@@ -4,9 +4,9 @@ A scanner stores a series as it was acquired or reformatted: axial, coronal, sag
 gantry-tilted. A pipeline written for one layout (lung-qct works on axial slices, ``orientation =
 "SPL"``) declares it; :func:`run_on_source` then turns the volume once, without interpolation
 (:func:`inference.orientation.axis_map`: a permutation and flips of the axes, the affine kept
-exact), runs the pipeline, and turns every mask back, so each mask voxel is again one source voxel
-and every result is written on the source's own slices or frames. Volumes and densities are the same
-numbers in any layout, since the voxels are the same.
+exact), runs the pipeline, and turns every mask (and a derived image) back, so each voxel is again
+one source voxel and every result is written on the source's own slices or frames. Volumes and
+densities are the same numbers in any layout, since the voxels are the same.
 """
 
 from __future__ import annotations
@@ -43,9 +43,13 @@ def run_on_source(pipeline: Pipeline, volume: Volume, device: torch.device,
     else:
         findings = pipeline.run(turned, device)
     segments = findings.segments if axes is None else tuple(_segment_back(s, axes) for s in findings.segments)
+    derived = findings.derived_image
+    if axes is not None and derived is not None:
+        values = axes.to_volume(torch.from_numpy(np.ascontiguousarray(derived.values))).numpy()
+        derived = dataclasses.replace(derived, values=np.ascontiguousarray(values))
     frames = volume.frame_numbers if any(f is not None for f in volume.frame_numbers) else ()
     return dataclasses.replace(findings, segments=segments, source_sop_instance_uids=volume.sop_instance_uids,
-                               source_frame_numbers=frames)
+                               source_frame_numbers=frames, derived_image=derived)
 
 
 _IDENTITY = AxisMap((0, 1, 2), (False, False, False))
@@ -91,11 +95,10 @@ def _segment_back(segment: Segment, axes: AxisMap) -> Segment:
     """``segment`` (a box of the turned grid) as the same voxels on the source grid."""
     turned_shape = segment.shape
     source_shape = [0, 0, 0]
-    source_origin = [0, 0, 0]
-    for k, (axis, flip) in enumerate(zip(axes.order, axes.flip, strict=True)):
+    for k, axis in enumerate(axes.order):
         source_shape[axis] = turned_shape[k]
-        start, size = segment.origin[k], segment.mask.shape[k]
-        source_origin[axis] = turned_shape[k] - start - size if flip else start
+    stop = [start + size for start, size in zip(segment.origin, segment.mask.shape, strict=True)]
+    source_origin = [int(v) for v in axes.box_to_volume(segment.origin, stop, turned_shape)[0]]
     mask = axes.to_volume(torch.from_numpy(np.ascontiguousarray(segment.mask))).numpy()
     probability = (None if segment.probability is None
                    else axes.to_volume(torch.from_numpy(np.ascontiguousarray(segment.probability))).numpy())

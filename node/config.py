@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -27,6 +28,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from dicom_sr.enums import SegType
 from inference.model_config import SHIPPED_PREFIX, ModelConfig, shipped_weights_dir
 from inference.pipelines import available as available_pipelines
+from node.db import NotificationEvent
 from node.errors import ConfigError, RadnodeError
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "LoggingConfig",
     "MetricsConfig",
     "NodeConfig",
+    "NotificationChannel",
     "PipelineOptions",
     "Route",
     "StorageConfig",
@@ -204,9 +207,10 @@ class CompletionConfig(_Section):
 
 
 #: What a destination receives: SEG, SR (measurements, classifications, text), Secondary Capture,
-#: RT Structure Set (a treatment planning system's contours).
-ResultFormat = Literal["seg", "sr", "sc", "rtstruct"]
-DEFAULT_FORMATS: tuple[ResultFormat, ...] = ("seg", "sr")
+#: RT Structure Set (a treatment planning system's contours), image (an image-to-image model's derived
+#: series). By default what a pipeline is for: segments, measurements and derived images.
+ResultFormat = Literal["seg", "sr", "sc", "rtstruct", "image"]
+DEFAULT_FORMATS: tuple[ResultFormat, ...] = ("seg", "sr", "image")
 
 
 class Destination(_Section):
@@ -397,6 +401,79 @@ class DeliveryConfig(_Section):
     max_backoff_seconds: float = Field(default=DEFAULT_MAX_BACKOFF_SECONDS, gt=0)
     timeout_seconds: float = Field(default=30.0, gt=0)
 
+    def backoff_seconds(self, attempt: int) -> float:
+        """Delay before retry number ``attempt`` (1-based): doubling, capped. Notifications use it too."""
+        return min(self.first_backoff_seconds * 2.0 ** (attempt - 1), self.max_backoff_seconds)
+
+
+class NotificationChannel(_Section):
+    """A receiver of job events: a webhook (``kind: webhook``), POSTed the JSON body of config/README.md
+    and signed with HMAC-SHA256, or a mailbox (``kind: smtp``) sent the same JSON by SMTP.
+
+    Secrets are read when a notification is sent (a rotated file takes effect at once): the HMAC key
+    from ``secret_file`` or the environment variable ``secret_env``, the SMTP password from
+    ``password_file``. Retries follow ``delivery``'s backoff.
+    """
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    kind: Literal["webhook", "smtp"] = "webhook"
+    events: tuple[NotificationEvent, ...] = Field(min_length=1)
+    include_phi: bool = False  # patient name and ID in the body
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    # webhook
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    secret_file: Path | None = None
+    secret_env: str | None = None
+    # smtp
+    host: str | None = None
+    port: Port = 587
+    starttls: bool = True  # upgrade the connection (RFC 3207) before logging in or sending
+    ca_certificates: Path | None = None  # verifies the server's certificate (else the system's CAs)
+    sender: str | None = Field(default=None, alias="from")
+    to: tuple[str, ...] = ()
+    username: str | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> NotificationChannel:
+        if self.kind == "webhook":
+            if self.url is None:
+                raise ValueError("a webhook needs url (http:// or https://)")
+            if (self.secret_file is None) == (self.secret_env is None):
+                raise ValueError("a webhook needs its HMAC secret: secret_file or secret_env (one of them)")
+        elif self.host is None or self.sender is None or not self.to:
+            raise ValueError("an smtp channel needs host, from and to")
+        elif (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together")
+        return self
+
+    def secret(self) -> bytes:
+        """The HMAC key of a webhook, or ConfigError saying where it was looked for."""
+        if self.secret_file is not None:
+            return _read_secret(self.secret_file, "the webhook secret")
+        assert self.secret_env is not None  # one of them (_fields_of_kind)
+        key = os.environ.get(self.secret_env, "").strip().encode()
+        if not key:
+            raise ConfigError([f"environment variable {self.secret_env}: the webhook secret is empty"])
+        return key
+
+    def password(self) -> str | None:
+        """The SMTP password (None: no login), or ConfigError."""
+        if self.password_file is None:
+            return None
+        return _read_secret(self.password_file, "the SMTP password").decode()
+
+
+def _read_secret(path: Path, what: str) -> bytes:
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read {what}: {exc.strerror}"]) from exc
+    if not secret:
+        raise ConfigError([f"{path}: {what} is empty"])
+    return secret
+
 
 class WorkerConfig(_Section):
     """Where pipelines run: ``auto`` takes CUDA when present, else the CPU."""
@@ -448,6 +525,7 @@ class Config(_Section):
     pipelines: dict[str, PipelineOptions] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    notifications: dict[str, NotificationChannel] = Field(default_factory=dict)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
@@ -550,6 +628,11 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         part = data.get(section)
         if isinstance(part, dict) and isinstance(part.get("url"), str):
             part["url"] = _resolve_sqlite_url(part["url"], base)
+    notifications = data.get("notifications")
+    for channel in notifications.values() if isinstance(notifications, dict) else []:
+        for key in ("secret_file", "password_file", "ca_certificates"):
+            if isinstance(channel, dict) and isinstance(channel.get(key), str):
+                channel[key] = str((base / channel[key]).resolve())
     worker = data.get("worker")
     if isinstance(worker, dict) and isinstance(worker.get("backend_cache"), str):
         worker["backend_cache"] = str((base / worker["backend_cache"]).resolve())

@@ -2,6 +2,7 @@
 
     Study ─< Series ─< Instance
                └─< Job ─< Result ─< Delivery
+                    └─< Notification
 
 SQLite (WAL, synchronous=FULL, so a commit survives power loss) is the embedded default;
 PostgreSQL is the production database, shared by listener and workers on several hosts.
@@ -52,6 +53,8 @@ __all__ = [
     "Instance",
     "Job",
     "JobState",
+    "Notification",
+    "NotificationEvent",
     "Purge",
     "Result",
     "Series",
@@ -72,7 +75,11 @@ MIGRATIONS = Path(__file__).resolve().parent / "spool" / "migrations"
 #: pg_advisory_xact_lock key: one radnode process at a time upgrades a PostgreSQL database
 _UPGRADE_LOCK_KEY = 0x7261646E6F6465  # "radnode"
 #: the column each revision added first, newest first: where a database from before migrations stands
-_LEGACY_MARKERS = (("0003", "job", "inputs"), ("0002", "series", "calling_address"))
+_LEGACY_MARKERS = (
+    ("0004", "notification", "idempotency_key"),
+    ("0003", "job", "inputs"),
+    ("0002", "series", "calling_address"),
+)
 
 
 def utcnow() -> datetime:
@@ -122,6 +129,14 @@ class DeliveryState(enum.StrEnum):
     RETRYING = "retrying"
     SENT = "sent"
     FAILED = "failed"
+
+
+class NotificationEvent(enum.StrEnum):
+    """What a notification tells (``notifications.NAME.events``)."""
+
+    JOB_SUCCEEDED = "job_succeeded"
+    JOB_FAILED = "job_failed"
+    DELIVERY_FAILED = "delivery_failed"  # permanently: refused, or out of attempts
 
 
 def _state(kind: type[enum.StrEnum]) -> Enum:
@@ -212,6 +227,7 @@ class Job(Base):
 
     series: Mapped[Series] = relationship(back_populates="jobs")
     results: Mapped[list[Result]] = relationship(back_populates="job", order_by="Result.id")
+    notifications: Mapped[list[Notification]] = relationship(back_populates="job", order_by="Notification.id")
 
 
 class Result(Base):
@@ -232,15 +248,9 @@ class Result(Base):
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="result", order_by="Delivery.id")
 
 
-class Delivery(Base):
-    """One result to one destination: sent once, retried with backoff, or failed with why."""
+class _SentWithRetries:
+    """The columns of what is sent with retries until sent or given up: a delivery, a notification."""
 
-    __tablename__ = "delivery"
-    __table_args__ = (UniqueConstraint("result_id", "destination"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    result_id: Mapped[int] = mapped_column(ForeignKey("result.id"), index=True)
-    destination: Mapped[str] = mapped_column(String(64))
     state: Mapped[DeliveryState] = mapped_column(
         _state(DeliveryState), default=DeliveryState.PENDING, index=True
     )
@@ -251,7 +261,39 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
 
+
+class Delivery(_SentWithRetries, Base):
+    """One result to one destination: sent once, retried with backoff, or failed with why."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (UniqueConstraint("result_id", "destination"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("result.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+
     result: Mapped[Result] = relationship(back_populates="deliveries")
+
+
+class Notification(_SentWithRetries, Base):
+    """One event of a job told to one channel (outbox row): sent once, retried with backoff, or failed.
+
+    Made in the transaction that changes the state it tells, so a crash neither loses nor doubles it.
+    ``subject`` says which occurrence (the job's attempt, the delivery); with job, event and channel it
+    makes ``idempotency_key``, which the receiver sees on every try. ``body`` is the JSON sent.
+    """
+
+    __tablename__ = "notification"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    event: Mapped[NotificationEvent] = mapped_column(_state(NotificationEvent))
+    subject: Mapped[str] = mapped_column(String(64), default="")
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    job: Mapped[Job] = relationship(back_populates="notifications")
 
 
 class Purge(Base):
@@ -388,7 +430,7 @@ def _legacy_revision(connection: Connection) -> str | None:
     if not inspector.has_table("study"):
         return None
     for revision, table, column in _LEGACY_MARKERS:
-        if column in {found["name"] for found in inspector.get_columns(table)}:
+        if inspector.has_table(table) and column in {found["name"] for found in inspector.get_columns(table)}:
             return revision
     return "0001"
 

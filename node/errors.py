@@ -26,7 +26,7 @@ re-exported here; each branch is defined in the module named beside it.
     │   ├── WrongPresentationContext   its SOP Class is not its presentation context's
     │   ├── DataSetTooLarge     a deflated data set inflates past node.max_inflated_mb
     │   └── OutOfSpace          the spool reached its free-space floor
-    ├── DeliveryError           a result could not be sent to a destination
+    ├── DeliveryError           a result (or a notification, node.notify) could not be sent
     │   ├── DestinationUnreachable   network / association failure: retried with backoff
     │   └── DestinationRefused       the peer answered with a failure status: not retried
     ├── NotRetryable            `radnode retry` refused: the job/delivery is unknown, not failed,

@@ -26,9 +26,15 @@ cd "$RADNODE_ROOT"
 say "ruff check . && mypy (strict: node, inference, dicom_sr)"
 .venv/bin/ruff check . || die "ruff found the problems above"
 .venv/bin/mypy || die "mypy --strict found the type errors above"
-say "running tests: .venv/bin/python -m pytest -q --durations=25 $*"
+# Most tests wait on servers (Orthanc, radnode processes, JVMs, chromium) more than they compute:
+# three workers on two cores, each taking whole modules (their module-scoped servers are started
+# once), longest first (tests/conftest.py). RADNODE_TEST_WORKERS=0 runs them in this process.
+workers="${RADNODE_TEST_WORKERS:-3}"
+parallel=(-n "$workers" --dist loadfile)
+[ "$workers" = 0 ] && parallel=(-p no:xdist)
+say "running tests: .venv/bin/python -m pytest -q --durations=25 ${parallel[*]} $*"
 status=0
-.venv/bin/python -m pytest -q --durations=25 "$@" || status=$?
+.venv/bin/python -m pytest -q --durations=25 "${parallel[@]}" "$@" || status=$?
 if [ "$status" -eq 5 ]; then
     die "pytest collected no tests (exit 5)"
 fi

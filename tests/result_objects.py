@@ -12,6 +12,9 @@ tests/test_results_corpus.py validates with dciodvfy and tests/test_dcmjs.py rea
     seg-many                                    117 segments (TotalSegmentator's table), a block of body each
     seg-mr, sr-mr                               brain MR (EPI), tumour regions coded as the brain-tumor preset
     sc-1 … sc-N                                 Secondary Capture key images of the chest CT
+    image-1 … image-4                           ct-denoise's derived series of the chest CT, every 16th image
+    sr-detection                                TID 1500: two nodules on the chest CT (boxes, scores), a count
+    sr-regression                               TID 1500: a brain age (years) about the brain MR
 """
 
 from __future__ import annotations
@@ -27,14 +30,17 @@ import torch
 
 from dicom_sr import codes
 from dicom_sr.codes import Code
+from dicom_sr.derived import build_derived_series
 from dicom_sr.findings import (
     Algorithm,
     Classification,
+    Detection,
     Findings,
     Measurement,
     MeasurementGroup,
     ReportText,
     Segment,
+    detection_count,
 )
 from dicom_sr.rtstruct import build_rtstruct
 from dicom_sr.sc import build_sc
@@ -45,6 +51,7 @@ from dicom_sr.uids import ResultKind, result_uids
 from inference.labels import load_finding_table, load_label_table
 from inference.model_config import LabelSpec
 from inference.pipelines import create
+from inference.pipelines.ct_denoise import CTDenoise
 from inference.registry import ModelRegistry
 from inference.volume import Volume, load_series
 from node.config import load_config
@@ -56,11 +63,13 @@ __all__ = [
     "HEAD_CT_TILTED",
     "MR_BRAIN",
     "Written",
+    "brain_age_findings",
     "brain_mr_findings",
     "chest_x_ray_findings",
     "load_tilted_head_ct",
     "lung_unet_findings",
     "many_class_findings",
+    "nodule_findings",
     "tilted_head_findings",
     "with_laterality",
     "write_corpus",
@@ -73,6 +82,7 @@ HEAD_CT_TILTED = DATA / "ct_head_tilt_ge"
 CHEST_DX = DATA / "dx_chest_highdicom" / "dx_image.dcm"
 CXR_ALGORITHM = Algorithm(name="cxr14", version="0.3.0", model_sha256="c4" * 32)
 BRAIN = codes.Code("12738006", "SCT", "Brain")  # CID 7151
+DERIVED_EVERY = 16  # the corpus keeps every 16th image of the derived series
 SKULL = codes.Code("89546000", "SCT", "Skull")  # CID 4
 
 
@@ -208,6 +218,35 @@ def brain_mr_findings(headers: list[pydicom.Dataset], signal: np.ndarray) -> Fin
     )
 
 
+NODULE = Code("27925004", "SCT", "Nodule")  # CID 6102, CID 7151
+BRAIN_AGE = Code("BRAINAGE", codes.PRIVATE_SCHEME, "Brain age")  # as config/presets/brain-age.yaml codes it
+YEAR = Code("a", "UCUM", "year")  # CID 7456
+
+
+def nodule_findings(headers: Sequence[pydicom.Dataset]) -> Findings:
+    """What a lung nodule detector reports on the chest CT: two boxes in the lungs and their count."""
+    grid = (len(headers), int(headers[0].Rows), int(headers[0].Columns))
+    detections = (
+        Detection(NODULE, 0.91, (20.0, 260.5, 180.0), (24.0, 284.5, 210.0), grid, codes.LUNG),
+        Detection(NODULE, 0.62, (40.0, 260.0, 330.0), (43.0, 280.0, 352.0), grid, codes.LUNG),
+    )
+    return Findings(
+        algorithm=Algorithm(name="lung-nodules", version="0.6.0", model_sha256="d3" * 32),
+        source_sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in headers),
+        detections=detections,
+        groups=(detection_count(NODULE, detections, codes.LUNG),),
+    )
+
+
+def brain_age_findings(headers: Sequence[pydicom.Dataset]) -> Findings:
+    """What a brain-age regressor reports on the brain MR: one number in years, about the brain."""
+    return Findings(
+        algorithm=Algorithm(name="brain-age", version="0.2.0", model_sha256="a9" * 32),
+        source_sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in headers),
+        groups=(MeasurementGroup("Brain age", BRAIN, (Measurement(BRAIN_AGE, 54.2, YEAR),)),),
+    )
+
+
 def _load_mr() -> tuple[list[pydicom.Dataset], np.ndarray]:
     """The MR slices in order along their normal (headers without Pixel Data) and their signal."""
     full = sorted((pydicom.dcmread(path) for path in MR_BRAIN.glob("*.dcm")),
@@ -305,12 +344,22 @@ def write_corpus(folder: Path) -> list[Written]:
     save("rtstruct-lung-unet", ResultKind.RTSTRUCT,
          build_rtstruct(learned, chest.headers, series_number=9905,
                         **_uids(chest.headers[0], learned.algorithm, ResultKind.RTSTRUCT)), learned)
+    denoised = CTDenoise().run(chest, torch.device("cpu"))
+    derived = build_derived_series(denoised, chest.headers, series_number=9906,
+                                   **_uids(chest.headers[0], denoised.algorithm, ResultKind.IMAGE))
+    for number, image in enumerate(derived[::DERIVED_EVERY], start=1):  # a few: PixelMed takes a JVM each
+        save(f"image-{number}", ResultKind.IMAGE, image, denoised)
     many = many_class_findings(headers, hu)
     save("seg-many", ResultKind.SEG,
          build_seg(many, headers, series_number=9901, **_uids(headers[0], many.algorithm, ResultKind.SEG)),
          many, SegType.BINARY)
     mr_headers, signal = _load_mr()
     _seg_and_sr(save, "mr", brain_mr_findings(mr_headers, signal), mr_headers)
+    for name, located, on in (("detection", nodule_findings(headers), headers),
+                              ("regression", brain_age_findings(mr_headers), mr_headers)):
+        save(f"sr-{name}", ResultKind.SR,
+             build_sr(located, on, None, series_number=9902,
+                      **_uids(on[0], located.algorithm, ResultKind.SR)), located)
     return written
 
 

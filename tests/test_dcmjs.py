@@ -19,7 +19,7 @@ import pytest
 
 from dicom_sr import codes
 from dicom_sr.uids import ResultKind
-from tests.result_objects import Written, write_corpus
+from tests.result_objects import Written
 
 JS_DIR = Path(__file__).parent / "js"
 _NPM_TIMEOUT_S = 300
@@ -37,9 +37,8 @@ def _node_with_dcmjs() -> str:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> list[Written]:
-    return [w for w in write_corpus(tmp_path_factory.mktemp("corpus"))
-            if w.kind in (ResultKind.SEG, ResultKind.SR)]
+def corpus(result_corpus: tuple[Written, ...]) -> list[Written]:
+    return [w for w in result_corpus if w.kind in (ResultKind.SEG, ResultKind.SR)]
 
 
 @pytest.fixture(scope="module")

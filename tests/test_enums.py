@@ -25,7 +25,8 @@ def test_a_bad_value_is_refused_naming_the_allowed_ones() -> None:
     allowed = "binary, fractional, labelmap"
     with pytest.raises(ValueError, match=rf"^seg_type must be one of {allowed}, got 'FRACT'$"):
         parse(SegType, "FRACT", "seg_type")
-    with pytest.raises(ValueError, match=r"^kind must be one of seg, sr, text, sc, rtstruct, got 'pdf'$"):
+    with pytest.raises(ValueError, match=r"^kind must be one of seg, sr, text, sc, rtstruct, image, "
+                                         r"got 'pdf'$"):
         result_uids("1.2.3", "lung-qct", "1.0", None, "pdf")
 
 
@@ -49,6 +50,7 @@ def test_a_bad_yaml_value_names_key_line_and_the_allowed_values(tmp_path: Path) 
     with pytest.raises(ConfigError, match=r"<config>:\d+: pipelines\.lung-qct\.seg_type: Input should be "
                                           r"'binary', 'fractional' or 'labelmap'$"):
         parse_config(CONTRACT + "pipelines: {lung-qct: {seg_type: FRACTIONAL}}\n", base=tmp_path)
-    fields = {"file": "m.onnx", "format": "onnx", "sha256": "0" * 64, "task": "detection"}
-    with pytest.raises(ValueError, match=r"Input should be 'segmentation', 'classification' or 'report'"):
+    fields = {"file": "m.onnx", "format": "onnx", "sha256": "0" * 64, "task": "tracking"}
+    with pytest.raises(ValueError, match=r"Input should be 'segmentation', 'classification', 'report', "
+                                         r"'detection', 'regression' or 'image'"):
         ModelConfig.model_validate(fields)

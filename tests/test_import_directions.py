@@ -3,7 +3,7 @@
 node (receive → … → delivery) may import inference (the pipelines) and dicom_sr (the result
 objects); inference may import dicom_sr (its result contract, dicom_sr.findings, and the codes) but
 not node; dicom_sr imports neither. Inside node, a stage imports the stages after it in the
-flow (receive → spool → jobs → delivery) and the shared core (node.config, node.db, node.errors,
+flow (receive → spool → jobs → delivery → notify) and the shared core (node.config, node.db, node.errors,
 …), never one before it and never node.ops, which operates them all. Every import counts,
 module-level, lazy (in a function) or for annotations only, read from the source with ast so that
 nothing is executed.
@@ -63,7 +63,7 @@ def test_a_package_imports_only_the_packages_below_it_in_the_flow(package: str) 
 
 
 #: node's stages in the order one study goes through them
-STAGES = ("node.receive", "node.spool", "node.jobs", "node.delivery")
+STAGES = ("node.receive", "node.spool", "node.jobs", "node.delivery", "node.notify")
 CORE = ("node.config", "node.db", "node.dimse", "node.durable", "node.errors", "node.metrics", "node.tls")
 
 

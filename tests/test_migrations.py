@@ -41,7 +41,7 @@ from node.db import Base, Database, Instance, Job, Series, as_utc, head_revision
 from tests.node_process import radnode_cli
 from tests.services import postgres_database
 
-HEAD = "0003"
+HEAD = "0004"
 UID = String(64)
 WHEN = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

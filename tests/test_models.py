@@ -158,7 +158,7 @@ def test_model_files_resolve_against_the_config_folder_and_the_shipped_weights(t
 
     assert relative.models["tiny"].file == tmp_path / "models" / "tiny.ts"
     assert shipped.models["tiny"].file == shipped_weights_dir() / "lung_unet.ts"
-    assert relative.pipeline_names() == ["lung-qct", "tiny-seg"]
+    assert relative.pipeline_names() == ["ct-denoise", "lung-qct", "tiny-seg"]
     assert relative.backend_cache_dir == tmp_path / "backend-cache"
 
 

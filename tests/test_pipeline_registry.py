@@ -14,7 +14,11 @@ from dicom_sr.findings import Findings
 from inference.model_config import Task
 from inference.pipelines import PIPELINES, TASKS, UnknownPipeline, available, create
 from inference.pipelines.classification import ClassificationPipeline
+from inference.pipelines.ct_denoise import CTDenoise
+from inference.pipelines.detection import DetectionPipeline
+from inference.pipelines.image import ImagePipeline
 from inference.pipelines.lung_qct import LungQCT
+from inference.pipelines.regression import RegressionPipeline
 from inference.pipelines.report import ReportPipeline
 from inference.pipelines.segmentation import SegmentationPipeline
 from inference.plugins import PluginRegistry
@@ -25,7 +29,7 @@ from tests.tiny_models import model_config, save_torchscript, tiny_segmenter
 
 
 @dataclass
-class Detection:
+class Registration:
     """A pipeline kind as a new module would define one, registered by the tests alone."""
 
     name: str
@@ -50,28 +54,30 @@ class Probe:
 
 @pytest.fixture
 def registry(tmp_path: Path) -> ModelRegistry:
-    """One tiny model, ``tiny`` (task segmentation); ``detector`` is the same file with task detection,
+    """One tiny model, ``tiny`` (task segmentation); ``detector`` is the same file with task registration,
     a task no ModelConfig accepts yet: the one a new kind would come with."""
     config = model_config(save_torchscript(tiny_segmenter(), tmp_path / "tiny.ts"))
-    detector = config.model_copy(update={"task": "detection"})
+    detector = config.model_copy(update={"task": "registration"})
     return ModelRegistry({"tiny": config, "detector": detector}, torch.device("cpu"), tmp_path / "cache")
 
 
 @pytest.fixture
-def detection() -> Iterator[None]:
-    TASKS.register("detection", Detection)
+def registration() -> Iterator[None]:
+    TASKS.register("registration", Registration)
     yield
-    TASKS.unregister("detection")
+    TASKS.unregister("registration")
 
 
 def test_every_task_a_model_may_have_has_a_kind_and_every_builtin_is_listed() -> None:
     tasks = tuple(Task)
 
-    assert TASKS.names() == tasks == ("segmentation", "classification", "report")
+    assert TASKS.names() == tasks == ("segmentation", "classification", "report", "detection", "regression",
+                                      "image")
     assert [TASKS.get(task) for task in tasks] == [SegmentationPipeline, ClassificationPipeline,
-                                                   ReportPipeline]
-    assert available() == list(PIPELINES.names()) == ["lung-qct"]
-    assert PIPELINES.get("lung-qct") is LungQCT
+                                                   ReportPipeline, DetectionPipeline, RegressionPipeline,
+                                                   ImagePipeline]
+    assert available() == sorted(PIPELINES.names()) == ["ct-denoise", "lung-qct"]
+    assert (PIPELINES.get("lung-qct"), PIPELINES.get("ct-denoise")) == (LungQCT, CTDenoise)
 
 
 def test_create_builds_the_kind_of_the_models_task(registry: ModelRegistry) -> None:
@@ -81,27 +87,30 @@ def test_create_builds_the_kind_of_the_models_task(registry: ModelRegistry) -> N
     assert (pipeline.name, pipeline.models, pipeline.probabilities) == ("tiny-seg", ["tiny"], True)
 
 
-def test_a_newly_registered_task_kind_is_what_create_builds(registry: ModelRegistry, detection: None) -> None:
+def test_a_newly_registered_task_kind_is_what_create_builds(registry: ModelRegistry,
+                                                            registration: None) -> None:
     pipeline = create("find-nodules", "detector", registry, "2.0", probabilities=True)
 
-    assert pipeline == Detection("find-nodules", "detector", registry, "2.0", True)
-    assert "detection" in TASKS.names()
+    assert pipeline == Registration("find-nodules", "detector", registry, "2.0", True)
+    assert "registration" in TASKS.names()
 
 
 def test_a_task_with_no_kind_is_an_unknown_pipeline_naming_the_known_tasks(registry: ModelRegistry) -> None:
-    with pytest.raises(UnknownPipeline, match="task 'detection', which no pipeline kind runs; "
-                                              "known tasks: segmentation, classification, report"):
+    with pytest.raises(UnknownPipeline, match="task 'registration', which no pipeline kind runs; known "
+                                              "tasks: segmentation, classification, report, detection, "
+                                              "regression, image"):
         create("find-nodules", "detector", registry)
 
 
 def test_a_builtin_registered_by_its_path_is_listed_and_created_on_first_use() -> None:
     PIPELINES.register("probe", f"{__name__}:Probe")
     try:
-        assert available() == ["lung-qct", "probe"]
+        assert available() == ["ct-denoise", "lung-qct", "probe"]
         assert isinstance(create("probe"), Probe)
     finally:
         PIPELINES.unregister("probe")
-    with pytest.raises(UnknownPipeline, match=r"unknown pipeline 'probe'; known pipelines: lung-qct$"):
+    with pytest.raises(UnknownPipeline,
+                       match=r"unknown pipeline 'probe'; known pipelines: ct-denoise, lung-qct$"):
         create("probe")
 
 
@@ -124,4 +133,5 @@ def test_the_registry_imports_and_lists_without_torch() -> None:
     done = run_fresh(script)
 
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "['lung-qct'] ('segmentation', 'classification', 'report')"
+    assert done.stdout.strip() == ("['ct-denoise', 'lung-qct'] ('segmentation', 'classification', 'report', "
+                                   "'detection', 'regression', 'image')")

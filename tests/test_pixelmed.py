@@ -24,7 +24,7 @@ from dicom_sr.seg import SegType
 from dicom_sr.uids import ResultKind
 from tests.dciodvfy import ValidatorReport
 from tests.pixelmed import UNRECOGNIZED, validate_instance, validate_sr
-from tests.result_objects import Written, write_corpus
+from tests.result_objects import Written
 
 _PARALLEL = 2  # one JVM per file; two at a time on this 2-core machine
 _WARNINGS_FROM_PIXELMED_TABLES = {
@@ -40,10 +40,10 @@ def _validate(written: Written) -> ValidatorReport:
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory) -> dict[str, tuple[Written, ValidatorReport]]:
-    corpus = write_corpus(tmp_path_factory.mktemp("corpus"))
+def reports(result_corpus: tuple[Written, ...]) -> dict[str, tuple[Written, ValidatorReport]]:
     with ThreadPoolExecutor(_PARALLEL) as pool:
-        return {w.name: (w, report) for w, report in zip(corpus, pool.map(_validate, corpus), strict=True)}
+        return {w.name: (w, report)
+                for w, report in zip(result_corpus, pool.map(_validate, result_corpus), strict=True)}
 
 
 def test_every_object_has_zero_pixelmed_errors(reports) -> None:
@@ -58,13 +58,14 @@ def test_srs_and_segs_are_recognised_and_fully_checked(reports) -> None:
         elif written.kind is ResultKind.SEG and written.seg_type is not SegType.LABELMAP:
             assert "Found Segmentation IOD" in report.output, (name, report.output)
             assert "IOD validation complete" in report.output, (name, report.output)
-        else:  # LABELMAP SEG, Secondary Capture and RT Structure Set: IODs PixelMed 2022 does not describe
-            # (dciodvfy checks them: tests/test_results_corpus.py)
+        else:  # LABELMAP SEG, Secondary Capture, RT Structure Set and CT Image (a derived series): IODs
+            # PixelMed 2022 does not describe (dciodvfy checks them: tests/test_results_corpus.py)
             assert UNRECOGNIZED in report.output, (name, report.output)
 
 
 def test_measurement_reports_follow_tid_1500_without_a_warning(reports) -> None:
-    for name in ("sr-measurements", "sr-laterality", "sr-lung-unet", "sr-mr"):
+    for name in ("sr-measurements", "sr-laterality", "sr-lung-unet", "sr-mr", "sr-detection",
+                 "sr-regression"):
         _, report = reports[name]
         assert "Found Root Template TID_1500" in report.output
         assert report.warnings == (), (name, report.warnings)

@@ -18,7 +18,7 @@ import pytest
 from dicom_sr.seg import SegType
 from dicom_sr.uids import ResultKind
 from tests.dciodvfy import check_entities, check_iod
-from tests.result_objects import Written, write_corpus
+from tests.result_objects import Written
 
 NAMES = [
     "seg-binary",
@@ -36,6 +36,12 @@ NAMES = [
     "seg-mr",
     "sr-mr",
     "rtstruct-lung-unet",
+    "sr-detection",
+    "sr-regression",
+    "image-1",  # the derived series: every image of it the corpus keeps
+    "image-2",
+    "image-3",
+    "image-4",
 ]
 DCIODVFY_PREDATES_LABELMAP = (
     "Error - SegmentNumber not monotonically increasing from one by one - have SegmentSequence "
@@ -45,8 +51,8 @@ DCIODVFY_PREDATES_LABELMAP = (
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> dict[str, Written]:
-    return {w.name: w for w in write_corpus(tmp_path_factory.mktemp("corpus"))}
+def corpus(result_corpus: tuple[Written, ...]) -> dict[str, Written]:
+    return {w.name: w for w in result_corpus}
 
 
 def test_corpus_holds_every_kind_and_option(corpus) -> None:
@@ -75,7 +81,7 @@ def test_chest_ct_results_are_consistent_with_their_source_per_dcentvfy(corpus) 
     chest = Path(__file__).parent / "data" / "ct_chest_lungdx_a0001"
     results = [w.path for w in corpus.values()
                if w.name in ("seg-binary", "seg-fractional", "sr-measurements", "rtstruct-lung-unet")
-               or w.name.startswith("sc-")]
+               or w.name.startswith(("sc-", "image-"))]
     check_entities([*sorted(chest.glob("*.dcm")), *results]).assert_no_errors()
 
 

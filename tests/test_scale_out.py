@@ -26,7 +26,7 @@ from tests.services import postgres_database, redis_database
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 REDIS_SCALE_OUT_DBS = (14, 12)  # DB 11: test_production_services, 13: bench/scale.py
-STUDIES = 6
+STUDIES = 4
 SLICES = 40  # fewer than the source's 64 to keep the test short; enough for lung-qct
 RESULT_TIMEOUT_S = 420
 
@@ -43,7 +43,7 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
-def test_two_worker_hosts_share_six_studies_and_each_result_arrives_once(
+def test_two_worker_hosts_share_four_studies_and_each_result_arrives_once(
     tmp_path: Path, chest_ct_dir: Path, postgres_url: str, redis_url: str
 ) -> None:
     studies = make_studies(chest_ct_dir, tmp_path / "studies", STUDIES, SLICES)

@@ -9,6 +9,7 @@ must be written on the variant's own slices or frames and pass dciodvfy and Pixe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,20 +36,36 @@ from tests.rtstruct_masks import dice, rtstruct_masks, source_plane
 CPU = torch.device("cpu")
 
 
+CHEST = Path(__file__).parent / "data" / "ct_chest_lungdx_a0001"
+Layout = tuple[str, list[Path], Volume, Findings]
+
+
 @pytest.fixture(scope="module")
-def axial() -> tuple[Volume, Findings]:
-    volume = load_series(sorted((Path(__file__).parent / "data" / "ct_chest_lungdx_a0001").glob("*.dcm")))
-    return volume, run_on_source(LungQCT(), volume, CPU)
+def layouts(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Layout]:
+    """The chest CT in layout ``name`` ("axial" or one of VARIANTS) with lung-qct's findings on it,
+    made once for the module: every test of a layout looks at the same run."""
+    made: dict[str, Layout] = {}
+
+    def layout(name: str) -> Layout:
+        if name not in made:
+            paths = (sorted(CHEST.glob("*.dcm")) if name == "axial"
+                     else write_variant(name, CHEST, tmp_path_factory.mktemp(name)))
+            volume = load_series(paths)
+            made[name] = (name, paths, volume, run_on_source(LungQCT(), volume, CPU))
+        return made[name]
+
+    return layout
+
+
+@pytest.fixture(scope="module")
+def axial(layouts: Callable[[str], Layout]) -> tuple[Volume, Findings]:
+    _, _, volume, findings = layouts("axial")
+    return volume, findings
 
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
-def variant(request: pytest.FixtureRequest,
-            tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[Path], Volume, Findings]:
-    name = str(request.param)
-    chest = Path(__file__).parent / "data" / "ct_chest_lungdx_a0001"
-    paths = write_variant(name, chest, tmp_path_factory.mktemp(name))
-    volume = load_series(paths)
-    return name, paths, volume, run_on_source(LungQCT(), volume, CPU)
+def variant(request: pytest.FixtureRequest, layouts: Callable[[str], Layout]) -> Layout:
+    return layouts(str(request.param))
 
 
 def _on_axial_grid(name: str, volume: Volume, mask: np.ndarray, axial: Volume) -> np.ndarray:
@@ -142,16 +159,15 @@ def test_seg_and_sr_are_written_on_the_variants_own_frames_and_validate(
 
 
 def test_the_learned_lung_unet_reports_the_axial_volumes_for_the_coronal_reslice(
-        axial: tuple[Volume, Findings], tmp_path: Path) -> None:
+        axial: tuple[Volume, Findings], layouts: Callable[[str], Layout], tmp_path: Path) -> None:
     """The demo's learned pipeline lays the volume along its trained axes (SPL) itself: the coronal
     reslice's voxels reach the network as the axial ones, so the volumes are the axial run's."""
     axial_volume, _ = axial
+    _, _, coronal, _ = layouts("coronal")
     demo = Path(__file__).resolve().parent.parent / "config" / "radnode.yaml"
     model = load_config(demo).models["lung-unet"]
     registry = ModelRegistry({"lung-unet": model.model_copy(update={"backend": "torch"})}, CPU, tmp_path)
     pipeline = create("lung-unet", "lung-unet", registry)
-    chest = Path(__file__).parent / "data" / "ct_chest_lungdx_a0001"
-    coronal = load_series(write_variant("coronal", chest, tmp_path / "coronal"))
 
     expected = run_on_source(pipeline, axial_volume, CPU)  # type: ignore[arg-type]
     found = run_on_source(pipeline, coronal, CPU)  # type: ignore[arg-type]
@@ -166,15 +182,8 @@ def test_the_learned_lung_unet_reports_the_axial_volumes_for_the_coronal_reslice
 
 @pytest.mark.parametrize("layout", ["axial", *sorted(VARIANTS)])
 def test_rtstruct_contours_fill_back_to_the_lung_masks_on_the_sources_own_slices_and_validate(
-        tmp_path: Path, layout: str, axial: tuple[Volume, Findings]) -> None:
-    if layout == "axial":
-        volume, findings = axial
-        paths = sorted((Path(__file__).parent / "data" / "ct_chest_lungdx_a0001").glob("*.dcm"))
-    else:
-        chest = Path(__file__).parent / "data" / "ct_chest_lungdx_a0001"
-        paths = write_variant(layout, chest, tmp_path / "source")
-        volume = load_series(paths)
-        findings = run_on_source(LungQCT(), volume, CPU)
+        tmp_path: Path, layout: str, layouts: Callable[[str], Layout]) -> None:
+    _, paths, volume, findings = layouts(layout)
     sources = {str(ds.SOPInstanceUID): ds
                for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in paths)}
     rtstruct = build_rtstruct(findings, list(volume.headers), series_instance_uid=pydicom.uid.generate_uid(),

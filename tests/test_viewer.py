@@ -27,11 +27,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_sr.findings import MeasurementGroup, Segment
+from dicom_sr.findings import Detection, MeasurementGroup, Segment
 from dicom_sr.text import classification_statement
+from dicom_sr.uids import ResultKind
 from tests.ohif_viewer import CHROMIUM, VIEWER_DIR, OhifServer, ensure_installed
 from tests.orthanc import DICOMWEB_PLUGIN, Orthanc
-from tests.result_objects import CHEST_DX, HEAD_CT_TILTED, MR_BRAIN, Written, write_corpus
+from tests.result_objects import CHEST_DX, HEAD_CT_TILTED, MR_BRAIN, Written
 
 DATA = Path(__file__).parent / "data"
 CHEST_CT = DATA / "ct_chest_lungdx_a0001"
@@ -55,6 +56,9 @@ OPENED = {
     "sr-mr": "/viewer",
     "sr-classification": "/viewer",
     "sr-text": "/viewer",
+    "sr-detection": "/viewer",
+    "sr-regression": "/viewer",
+    "image-1": "/viewer",  # the derived series (all the corpus keeps of it), a plain image stack
 }
 #: The SEGs whose segments are all on the slice through the first one's centre.
 FEW_SEGMENTS = ["seg-binary", "seg-binary-tilted", "seg-lung-unet", "seg-mr"]
@@ -89,6 +93,8 @@ def _expected_texts(written: Written) -> list[str]:
         return [segment.label for segment in findings.segments]
     if written.name in MEASUREMENT_SRS:
         return ["Volume", "mL"]
+    if written.kind is ResultKind.IMAGE:
+        return [str(pydicom.dcmread(written.path, stop_before_pixels=True).SeriesDescription)]
     return []
 
 
@@ -118,16 +124,17 @@ def _step(name: str, route: str, written: Written) -> dict[str, Any]:
         shown = segments[:1] if written.name in FEW_SEGMENTS + RTSTRUCTS else segments[-1:]
         step["clickTexts"] = [segment.label for segment in shown]
         step["colors"] = [list(segment.color_rgb) for segment in _painted(written)]
-    else:
+    elif written.kind is not ResultKind.IMAGE:  # an image series needs only its double-click
         step["openPanels"] = ["trackedMeasurements-btn"]  # closed by default in /viewer
         step["expectWithinMs"] = _SR_EXPECT_MS
-        step["arrowSteps"] = len(written.findings.groups)  # visit each measurement on its image
+        # visit each measurement on its image
+        step["arrowSteps"] = len(written.findings.groups) + len(written.findings.detections)
     return step
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Written]:
-    return {w.name: w for w in write_corpus(tmp_path_factory.mktemp("corpus"))}
+def corpus(result_corpus: tuple[Written, ...]) -> dict[str, Written]:
+    return {w.name: w for w in result_corpus}
 
 
 def _say(config: pytest.Config, line: str) -> None:
@@ -236,7 +243,8 @@ def test_ohif_lists_all_117_segments_of_a_whole_body_seg_and_jumps_to_the_last(s
     assert count > 200, f"{segments[-1].label} not painted in {step['viewportScreenshot']}" + _report(step)
 
 
-@pytest.mark.parametrize("name", [*MEASUREMENT_SRS, "sr-classification", "sr-text"])
+@pytest.mark.parametrize("name", [*MEASUREMENT_SRS, "sr-classification", "sr-text", "sr-detection",
+                                  "sr-regression"])
 def test_ohif_opens_each_sr_without_an_error(seen, name) -> None:
     step = seen[name]
     assert _errors(step) == [], _report(step)
@@ -317,3 +325,68 @@ def test_ohif_shows_each_classification_by_name_with_its_call_and_probability_in
     for classification in corpus["sr-text"].findings.classifications:
         line = f"{classification.finding.meaning}: {classification_statement(classification)}"
         assert line in lines, f"{line!r} not shown" + _report(step)
+
+
+def test_ohif_shows_the_derived_series_with_its_machine_generated_description(seen, corpus) -> None:
+    step = seen["image-1"]
+    assert _errors(step) == [], _report(step)
+    header = pydicom.dcmread(corpus["image-1"].path, stop_before_pixels=True)
+    assert str(header.SeriesDescription).endswith("(machine-generated, not for diagnosis)")
+    assert header.SeriesDescription in _shown(step), _report(step)
+    (derived,) = [ds for ds in step["displaySets"] if ds["SeriesInstanceUID"] == header.SeriesInstanceUID]
+    kept = [w for w in corpus.values() if w.kind is ResultKind.IMAGE]
+    assert derived["Modality"] == "CT" and derived["numImages"] == len(kept), derived
+    # the double-clicked viewport shows it
+    assert derived["displaySetInstanceUID"] in step["viewport"]["displaySetInstanceUIDs"], _report(step)
+
+
+def _score_line(detection: Detection) -> str:
+    return f"Certainty of Finding: {100 * detection.score:.2f} %"
+
+
+def test_ohif_draws_each_detection_with_its_score_on_its_box_on_the_image(seen, corpus) -> None:
+    step = seen["sr-detection"]
+    detections = corpus["sr-detection"].findings.detections
+    headers = {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p, stop_before_pixels=True)
+                                                     for p in CHEST_CT.glob("*.dcm"))}
+    source = corpus["sr-detection"].findings.source_sop_instance_uids
+    drawn = [a for a in step["annotations"] if a["toolName"] and "SR" in a["toolName"]]
+    for detection in detections:
+        line = _score_line(detection)
+        box = _text_box_of(step, line)
+        assert box is not None, f"{line!r} not drawn on the image" + _report(step)
+        assert "Lung" in box, f"the finding site not beside {line!r}" + _report(step)
+        shown = next(seen_box["onScreen"] for seen_box in step["svgTextBoxes"] if seen_box["text"] == box)
+        assert shown == 1, f"{line!r} only {shown} on the viewport" + _report(step)
+        # where OHIF drew it: on the source image through the box's centre, at the box's corners
+        uid = source[detection.centre_slice]
+        on_image = [a for a in drawn if a["referencedImageId"] and uid in a["referencedImageId"]]
+        assert on_image, f"nothing drawn on {uid}: {[a['referencedImageId'] for a in drawn]}" + _report(step)
+        (_, top, left), (_, bottom, right) = detection.start, detection.stop
+        corners = np.array([[left, top], [right, top], [right, bottom], [left, bottom]])
+        assert any(_near(_pixels(headers[uid], np.array(points)), corners)
+                   for a in on_image for points in [a["points"], *a["polylines"]] if len(points) >= 4), (
+            f"no drawing at {corners.tolist()} on {uid}: {on_image}" + _report(step))
+
+
+def test_ohif_draws_a_value_about_the_whole_series_on_its_middle_slice(seen, corpus) -> None:
+    # the regression's value and the detector's count: placed on the whole middle slice, so readable
+    for name in ("sr-regression", "sr-detection"):
+        step = seen[name]
+        for group in corpus[name].findings.groups:
+            line = _measurement_lines(group)[0]
+            assert _text_box_of(step, line) is not None, f"{line!r} not drawn" + _report(step)
+
+
+def _pixels(image: pydicom.Dataset, points: np.ndarray) -> np.ndarray:
+    """Patient-space points (mm) on ``image`` → its (column, row) pixel coordinates."""
+    position = np.array(image.ImagePositionPatient, dtype=float)
+    orientation = np.array(image.ImageOrientationPatient, dtype=float)
+    row_mm, column_mm = (float(v) for v in image.PixelSpacing)
+    offset = points[:, :3] - position
+    return np.stack([offset @ orientation[:3] / column_mm, offset @ orientation[3:] / row_mm], axis=1)
+
+
+def _near(drawn: np.ndarray, corners: np.ndarray) -> bool:
+    """Each corner within a pixel of a drawn point (viewers place pixel centres or corners at integers)."""
+    return all(np.min(np.abs(drawn - corner).max(axis=1)) <= 1.0 for corner in corners)

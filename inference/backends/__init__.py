@@ -21,7 +21,7 @@ import torch
 from inference.backends.base import Backend, BackendPlugin
 from inference.errors import BackendUnavailable
 from inference.formats.base import ModelSource
-from inference.model_config import ImageInputSpec
+from inference.model_config import ImageInputSpec, Task
 from inference.plugins import PluginRegistry
 
 __all__ = ["BACKENDS", "Backend", "BackendPlugin", "open_backend"]
@@ -79,7 +79,8 @@ def _open(choice: str, source: ModelSource, device: torch.device, precision: str
 
 def _probe(backend: Backend, source: ModelSource) -> None:
     """Run one input of zeros: the output must be finite, (1, K, patch) logits covering every label
-    for a segmentation network, (1, K) for a radiograph network (one value per output)."""
+    for a segmentation network, (1, K) for a radiograph network (one value per output), candidate
+    rows (N, 8) or (1, N, 8) for a detector and at most (1, K) values for a regressor."""
     spec = source.input
     shape_in = spec.batch_shape(1)
     batch = torch.zeros(shape_in, dtype=torch.float32)
@@ -90,6 +91,10 @@ def _probe(backend: Backend, source: ModelSource) -> None:
     shape = tuple(logits.shape)
     if isinstance(spec, ImageInputSpec):
         expected, wrong = "(1, K)", logits.ndim != 2 or shape[0] != 1
+    elif source.task == Task.DETECTION:
+        expected, wrong = "(N, 8) or (1, N, 8)", logits.ndim not in (2, 3) or shape[-1] != 8
+    elif source.task == Task.REGRESSION:
+        expected, wrong = "(1, K), (K,) or a scalar", logits.ndim > 2 or logits.numel() == 0
     else:
         # softmax: channel 0 is the background, label i channel i; sigmoid: label i is channel i - 1
         needed = max(source.labels, default=0) + (spec.activation == "softmax")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from inference.model_config import ImageInputSpec, InputSpec, LabelSpec
+from inference.model_config import ImageInputSpec, InputSpec, LabelSpec, Task
 
 __all__ = ["ModelSource"]
 
@@ -31,3 +31,4 @@ class ModelSource:
     build_module: Callable[[], torch.nn.Module] | None
     onnx_path: Path | None = None
     class_names: dict[int, str] = field(default_factory=dict)
+    task: Task = Task.SEGMENTATION  # what the output means, for the backends' probe

@@ -41,6 +41,7 @@ def open_source(name: str, config: ModelConfig, sha256: str) -> ModelSource:
         sha256=sha256,
         input=spec,
         labels=dict(config.labels),
+        task=config.task,
         build_module=None,
         onnx_path=path,
     )

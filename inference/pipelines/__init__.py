@@ -31,6 +31,7 @@ class UnknownPipeline(InferenceError, LookupError):
 
 PIPELINES: PluginRegistry[Callable[[], Pipeline]] = PluginRegistry("pipeline", {
     "lung-qct": "inference.pipelines.lung_qct:LungQCT",
+    "ct-denoise": "inference.pipelines.ct_denoise:CTDenoise",  # image-to-image, no model: a derived series
 })
 """Built-in pipelines by name, each a factory of no arguments (a class)."""
 
@@ -38,6 +39,9 @@ TASKS: PluginRegistry[PipelineKind] = PluginRegistry("task", {
     "segmentation": "inference.pipelines.segmentation:SegmentationPipeline",
     "classification": "inference.pipelines.classification:ClassificationPipeline",
     "report": "inference.pipelines.report:ReportPipeline",
+    "detection": "inference.pipelines.detection:DetectionPipeline",
+    "regression": "inference.pipelines.regression:RegressionPipeline",
+    "image": "inference.pipelines.image:ImagePipeline",
 })
 """The pipeline kind for each ``task`` of a model in the YAML (:attr:`ModelConfig.task`)."""
 

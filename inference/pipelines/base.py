@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from dicom_sr.findings import Findings
+from inference.model_config import InputSpec
+from inference.preprocess import FittedInput, fitted_input
 from inference.volume import Volume
 from inference.xray import RadiographSeries
 
 if TYPE_CHECKING:
-    from inference.registry import ModelRegistry
+    from inference.registry import LoadedModel, ModelRegistry
 
 __all__ = ["VERSION_DIGITS", "ModelPipeline", "Pipeline", "PipelineKind", "RadiographPipeline"]
 
@@ -77,3 +79,12 @@ class ModelPipeline:
         self.model = model
         self.registry = registry
         self.version = version or registry.config(model).sha256[:VERSION_DIGITS]
+
+    def _forward_fitted(self, volume: Volume, what: str) -> tuple[LoadedModel, FittedInput, torch.Tensor]:
+        """One forward pass on the whole of ``volume`` fitted into the model's patch (a ``what`` model:
+        detection, regression): the model, how the volume was fitted, the output in float64 on the CPU."""
+        loaded = self.registry.get(self.model)
+        spec = loaded.source.input
+        assert isinstance(spec, InputSpec), f"ModelConfig: a {what} model takes input"
+        fitted = fitted_input(volume, spec, loaded.backend.device)
+        return loaded, fitted, loaded.backend(fitted.image[None]).detach().cpu().to(torch.float64)

@@ -28,15 +28,16 @@ from pynetdicom.association import Association
 from pynetdicom.transport import AddressInformation, AssociationSocket
 from sqlalchemy import select
 
-from node.config import Config, DeliveryConfig, Destination
-from node.db import Database, Delivery, DeliveryState, Result, utcnow
+from node.config import Config, Destination
+from node.db import Database, Delivery, DeliveryState, NotificationEvent, Result, utcnow
 from node.dimse import StoreStatus
 from node.errors import ConfigError, DestinationRefused, DestinationUnreachable
 from node.metrics import DELIVERY_ATTEMPTS, JOB_STAGE_SECONDS
+from node.notify.outbox import queue_notifications
 from node.tls import client_context
 
 __all__ = [
-    "RequestorAE", "attempt_delivery", "backoff_seconds", "open_association", "send_files", "stow_files",
+    "RequestorAE", "attempt_delivery", "open_association", "send_files", "stow_files",
 ]
 
 log = logging.getLogger("radnode.delivery")
@@ -67,11 +68,6 @@ class RequestorAE(AE):
         sock = _ClosingSocket(assoc, address=address)
         sock.tls_args = tls_args
         return sock
-
-
-def backoff_seconds(config: DeliveryConfig, attempt: int) -> float:
-    """Delay before retry number ``attempt`` (1-based): doubling, capped."""
-    return min(config.first_backoff_seconds * 2.0 ** (attempt - 1), config.max_backoff_seconds)
 
 
 def open_association(ae: RequestorAE, destination: Destination) -> Association:
@@ -249,7 +245,7 @@ def attempt_delivery(db: Database, config: Config, delivery_id: int) -> float | 
             if attempt >= config.delivery.max_attempts:
                 state, error = DeliveryState.FAILED, f"gave up after {attempt} attempts: {exc}"
             else:
-                state, retry_in = DeliveryState.RETRYING, backoff_seconds(config.delivery, attempt)
+                state, retry_in = DeliveryState.RETRYING, config.delivery.backoff_seconds(attempt)
     JOB_STAGE_SECONDS.labels(pipeline, "deliver").observe(time.perf_counter() - started)
     DELIVERY_ATTEMPTS.labels(name, state.value).inc()
     with db.session() as session:
@@ -262,6 +258,10 @@ def attempt_delivery(db: Database, config: Config, delivery_id: int) -> float | 
         delivery.next_attempt_at = (
             utcnow() + timedelta(seconds=retry_in) if retry_in is not None else None
         )
+        if state is DeliveryState.FAILED:  # in the same transaction: the outbox
+            queue_notifications(session, config.notifications, delivery.result.job,
+                                NotificationEvent.DELIVERY_FAILED,
+                                f"delivery {delivery_id} attempt {attempt}", delivery=delivery)
     if state is not DeliveryState.SENT:
         log.warning("delivery %d to %s: %s (%s)", delivery_id, name, state.value, error)
     return retry_in

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TypedDict
 
 from pydicom.dataset import Dataset
 
+from dicom_sr.derived import build_derived_series
 from dicom_sr.enums import SegType
 from dicom_sr.findings import Findings
 from dicom_sr.rtstruct import build_rtstruct
@@ -93,6 +94,11 @@ def _rtstruct(request: EncodeRequest, series_number: int) -> Sequence[Dataset]:
                            **request.uids(ResultKind.RTSTRUCT, ""))]
 
 
+def _derived(request: EncodeRequest, series_number: int) -> Sequence[Dataset]:
+    return build_derived_series(request.findings, request.headers, series_number=series_number,
+                                **request.uids(ResultKind.IMAGE, ""))
+
+
 def _volume_segments_for(format_name: str) -> Callable[[EncodeRequest], bool]:
     """Applies to a volume's segments when a destination asks for ``format_name``."""
     return lambda r: isinstance(r.source, Volume) and bool(r.findings.segments) and format_name in r.formats
@@ -101,7 +107,8 @@ def _volume_segments_for(format_name: str) -> Callable[[EncodeRequest], bool]:
 WRITERS: tuple[ResultWriter, ...] = (
     ResultWriter(ResultKind.SEG, "seg", 9901, lambda r: bool(r.findings.segments), _seg),
     ResultWriter(ResultKind.SR, "sr", 9902,
-                 lambda r: bool(r.findings.groups or r.findings.classifications), _sr),
+                 lambda r: bool(r.findings.groups or r.findings.classifications or r.findings.detections),
+                 _sr),
     # classifications get a readable companion; a report generator's text is this object alone
     ResultWriter(ResultKind.TEXT, "sr", 9903,
                  lambda r: bool(r.findings.report_text or r.findings.classifications), _text),
@@ -109,6 +116,9 @@ WRITERS: tuple[ResultWriter, ...] = (
     ResultWriter(ResultKind.SC, "sc", 9904, _volume_segments_for("sc"), _sc),
     # contours for a treatment planning system, when a destination is one
     ResultWriter(ResultKind.RTSTRUCT, "rtstruct", 9905, _volume_segments_for("rtstruct"), _rtstruct),
+    # an image-to-image model's output, one image per source slice, for the destinations that take it
+    ResultWriter(ResultKind.IMAGE, "image", 9906,
+                 lambda r: r.findings.derived_image is not None and "image" in r.formats, _derived),
 )
 """Every kind of result, in the order they are written (and referenced)."""
 

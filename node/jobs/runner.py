@@ -33,10 +33,22 @@ from inference.registry import ModelRegistry
 from inference.reorient import run_on_source
 from inference.volume import Volume, load_series
 from node.config import DEFAULT_FORMATS, Config
-from node.db import Database, Delivery, DeliveryState, Instance, Job, JobState, Result, Series, utcnow
+from node.db import (
+    Database,
+    Delivery,
+    DeliveryState,
+    Instance,
+    Job,
+    JobState,
+    NotificationEvent,
+    Result,
+    Series,
+    utcnow,
+)
 from node.durable import write_durably
 from node.jobs.results import WRITERS, EncodeRequest, ResultIdentity, format_of
 from node.metrics import JOB_STAGE_SECONDS, JOBS_FINISHED
+from node.notify.outbox import queue_notifications
 
 if TYPE_CHECKING:
     from inference.xray import RadiographSeries
@@ -151,7 +163,7 @@ class JobRunner:
             "job done job=%d pipeline=%s series=%s %s",
             job_id, work.pipeline, work.source_key, clock,
         )
-        self._record_results(work, pipeline.version, objects)
+        self._record_results(work, pipeline.version, objects, findings)
 
     def _claim(self, job_id: int) -> _Work | None:
         with self.db.session() as session:
@@ -183,6 +195,9 @@ class JobRunner:
             job.reason = reason
             job.finished_at = utcnow()
             JOBS_FINISHED.labels(job.pipeline, state.value).inc()
+            if state is JobState.FAILED:  # in the same transaction: the outbox
+                queue_notifications(session, self.config.notifications, job, NotificationEvent.JOB_FAILED,
+                                    f"attempt {job.attempts}")
 
     def _encode(
         self, work: _Work, version: str, source: Volume | RadiographSeries, findings: Findings
@@ -219,7 +234,7 @@ class JobRunner:
         return known.formats if known is not None else DEFAULT_FORMATS
 
     def _record_results(
-        self, work: _Work, version: str, objects: list[tuple[str, Dataset]]
+        self, work: _Work, version: str, objects: list[tuple[str, Dataset]], findings: Findings
     ) -> None:
         rows = []
         for kind, ds in objects:
@@ -232,6 +247,7 @@ class JobRunner:
             job = session.get_one(Job, work.job_id)  # claimed, and job rows are never deleted
             job.pipeline_version = version
             deliveries: list[Delivery] = []
+            results: list[Result] = []
             for kind, ds, path in rows:
                 result = Result(
                     job_id=job.id,
@@ -242,6 +258,7 @@ class JobRunner:
                     path=str(path),
                 )
                 session.add(result)
+                results.append(result)
                 deliveries.extend(
                     Delivery(result=result, destination=name, state=DeliveryState.PENDING)
                     for name in work.destinations
@@ -252,6 +269,8 @@ class JobRunner:
             job.reason = ""
             job.finished_at = utcnow()
             JOBS_FINISHED.labels(job.pipeline, JobState.SUCCEEDED.value).inc()
+            queue_notifications(session, self.config.notifications, job, NotificationEvent.JOB_SUCCEEDED,
+                                f"attempt {job.attempts}", results=results, findings=findings)
 
 
 def _paths(session: Session, series_uid: str) -> tuple[Path, ...]:

@@ -1,7 +1,7 @@
-"""Celery wiring: the app, the names of the two tasks, and how ids are put on the broker.
+"""Celery wiring: the app, the names of the tasks, and how ids are put on the broker.
 
-Messages carry only ids (job id, delivery id); all state lives in the database, so any worker on
-any host can take any message. Tasks are acknowledged late and rejected when their worker
+Messages carry only ids (job id, delivery id, notification id); all state lives in the database, so
+any worker on any host can take any message. Tasks are acknowledged late and rejected when their worker
 process is lost, so a crash re-delivers the message and the work is done again, not dropped.
 The tasks themselves, and the worker process, are in :mod:`node.jobs.worker`: senders (the
 listener, the CLI) need neither them nor torch.
@@ -18,13 +18,14 @@ from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 from node.config import Config
 from node.errors import BrokerUnreachable
 
-__all__ = ["DELIVER", "QUEUE", "RETRY_WHILE_DATABASE_DOWN", "RUN_JOB", "Enqueuer", "create_app"]
+__all__ = ["DELIVER", "NOTIFY", "QUEUE", "RETRY_WHILE_DATABASE_DOWN", "RUN_JOB", "Enqueuer", "create_app"]
 
 log = logging.getLogger("radnode.tasks")
 
 QUEUE = "radnode"
 RUN_JOB = "radnode.run_job"
 DELIVER = "radnode.deliver"
+NOTIFY = "radnode.notify"
 SQLITE_BROKER_BUSY_TIMEOUT_SECONDS = 30
 DATABASE_RETRY_MAX_SECONDS = 30
 # A task that finds the database unreachable is re-sent with backoff (Celery logs "Retry in N s"),
@@ -63,7 +64,7 @@ def _transport_options(config: Config) -> dict[str, object]:
 
 
 class Enqueuer:
-    """Puts job and delivery ids on the broker."""
+    """Puts job, delivery and notification ids on the broker."""
 
     def __init__(self, app: Celery) -> None:
         self.app = app
@@ -75,6 +76,10 @@ class Enqueuer:
     def delivery(self, delivery_id: int, countdown: float = 0) -> None:
         """Put a delivery id on the broker (to run in ``countdown`` seconds), or raise BrokerUnreachable."""
         self._send(DELIVER, delivery_id, countdown)
+
+    def notification(self, notification_id: int, countdown: float = 0) -> None:
+        """Put a notification id on the broker (to run in ``countdown`` s), or raise BrokerUnreachable."""
+        self._send(NOTIFY, notification_id, countdown)
 
     def _send(self, task: str, row_id: int, countdown: float = 0) -> None:
         try:

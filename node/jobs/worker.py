@@ -1,4 +1,4 @@
-"""The worker process: the two named Celery tasks and the Celery worker that runs them.
+"""The worker process: the named Celery tasks and the Celery worker that runs them.
 
 The tasks are module-level functions registered on the app at start-up by :func:`worker_app`,
 which binds them to a :class:`WorkerContext` built from the parsed config: no state at import.
@@ -21,10 +21,12 @@ from node.config import Config
 from node.db import Database
 from node.delivery.send import attempt_delivery, pending_deliveries
 from node.jobs.runner import JobRunner, select_device
-from node.jobs.tasks import DELIVER, QUEUE, RETRY_WHILE_DATABASE_DOWN, RUN_JOB, Enqueuer, create_app
+from node.jobs.tasks import DELIVER, NOTIFY, QUEUE, RETRY_WHILE_DATABASE_DOWN, RUN_JOB, Enqueuer, create_app
 from node.metrics import WORKER, serve_metrics
+from node.notify.outbox import pending_notifications
+from node.notify.send import attempt_notification
 
-__all__ = ["WorkerContext", "deliver", "run_job", "run_worker", "worker_app"]
+__all__ = ["WorkerContext", "deliver", "notify", "run_job", "run_worker", "worker_app"]
 
 log = logging.getLogger("radnode.tasks")
 
@@ -46,7 +48,7 @@ class _RadnodeTask(Task):  # type: ignore[misc]  # celery publishes no types
 
 
 def run_job(task: _RadnodeTask, job_id: int) -> None:
-    """Task ``radnode.run_job``: run one job, then make the first attempt of each of its deliveries."""
+    """Task ``radnode.run_job``: run one job, then the first attempt of its deliveries and notifications."""
     context = task.context
     try:
         context.runner.run(job_id)
@@ -56,6 +58,8 @@ def run_job(task: _RadnodeTask, job_id: int) -> None:
     # of this message after a crash finds the job finished and delivers what is still pending.
     for delivery_id in pending_deliveries(context.db, job_id):
         _attempt(context, delivery_id)
+    for notification_id in pending_notifications(context.db, job_id=job_id):
+        _notify(context, notification_id)
 
 
 def deliver(task: _RadnodeTask, delivery_id: int) -> None:
@@ -63,16 +67,30 @@ def deliver(task: _RadnodeTask, delivery_id: int) -> None:
     _attempt(task.context, delivery_id)
 
 
+def notify(task: _RadnodeTask, notification_id: int) -> None:
+    """Task ``radnode.notify``: one notification attempt; a retry is queued with its backoff."""
+    _notify(task.context, notification_id)
+
+
 def _attempt(context: WorkerContext, delivery_id: int) -> None:
     retry_in = attempt_delivery(context.db, context.config, delivery_id)
     if retry_in is not None:
         context.enqueuer.delivery(delivery_id, countdown=retry_in)
+        return
+    for notification_id in pending_notifications(context.db, delivery_id=delivery_id):  # delivery_failed
+        _notify(context, notification_id)
+
+
+def _notify(context: WorkerContext, notification_id: int) -> None:
+    retry_in = attempt_notification(context.db, context.config, notification_id)
+    if retry_in is not None:
+        context.enqueuer.notification(notification_id, countdown=retry_in)
 
 
 def worker_app(context: WorkerContext) -> Celery:
-    """The broker's app with the two tasks registered, bound to ``context``."""
+    """The broker's app with the tasks registered, bound to ``context``."""
     app = create_app(context.config)
-    for function, name in ((run_job, RUN_JOB), (deliver, DELIVER)):
+    for function, name in ((run_job, RUN_JOB), (deliver, DELIVER), (notify, NOTIFY)):
         app.task(name=name, bind=True, shared=False, base=_RadnodeTask, context=context,
                  **RETRY_WHILE_DATABASE_DOWN)(function)
     return app

@@ -91,6 +91,8 @@ def _build_parser() -> argparse.ArgumentParser:
     status.add_argument("--limit", type=_at_least_one, default=20, metavar="N",
                         help="number of studies, newest first (default 20)")
     status.add_argument("--study", metavar="UID", help="only the study with this StudyInstanceUID")
+    status.add_argument("--job", type=int, metavar="ID",
+                        help="only the study of this job, with its deliveries and notifications")
     status.add_argument(
         "--failed", action="store_true", help="only studies with a failed job or a failed delivery"
     )
@@ -320,7 +322,8 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     from node.ops.status import StudyFilter, render_status
 
     db = _open_database(config)
-    selection = StudyFilter(limit=args.limit, study_uid=args.study, failed=args.failed, since=args.since)
+    selection = StudyFilter(limit=args.limit, study_uid=args.study, failed=args.failed, since=args.since,
+                            job_id=args.job)
     print(render_status(db, selection))
     return EXIT_OK
 

@@ -12,10 +12,11 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from node.config import Config
-from node.db import Database, Delivery, DeliveryState
+from node.db import Database, Delivery, DeliveryState, Notification
 from node.jobs.completion import CompletionWatcher, PacsCounter
 from node.jobs.tasks import Enqueuer, create_app
 from node.metrics import LISTENER, NodeCollector, serve_metrics
@@ -40,17 +41,16 @@ def prepare_paths(config: Config) -> None:
             Path(match.group(1)).parent.mkdir(parents=True, exist_ok=True)
 
 
-def _requeue_deliveries(db: Database, enqueuer: Enqueuer) -> int:
+def _requeue(db: Database, table: type[Delivery | Notification], send: Callable[[int], None]) -> int:
+    """Put every unfinished delivery (or notification) back on the broker; how many."""
     from sqlalchemy import select
 
     with db.session() as session:
         ids = session.scalars(
-            select(Delivery.id).where(
-                Delivery.state.in_([DeliveryState.PENDING, DeliveryState.RETRYING])
-            )
+            select(table.id).where(table.state.in_([DeliveryState.PENDING, DeliveryState.RETRYING]))
         ).all()
-    for delivery_id in ids:
-        enqueuer.delivery(delivery_id)
+    for row_id in ids:
+        send(row_id)
     return len(ids)
 
 
@@ -109,9 +109,11 @@ def serve(config: Config, *, with_worker: bool) -> None:
     listener.start()
     embedded = config.broker.url.startswith("sqla+")
     requeued = watcher.requeue_unfinished(include_running=with_worker and embedded)
-    redelivered = _requeue_deliveries(db, enqueuer)
-    if requeued or redelivered:
-        log.info("resumed after restart jobs=%d deliveries=%d", requeued, redelivered)
+    redelivered = _requeue(db, Delivery, enqueuer.delivery)
+    renotified = _requeue(db, Notification, enqueuer.notification)
+    if requeued or redelivered or renotified:
+        log.info("resumed after restart jobs=%d deliveries=%d notifications=%d",
+                 requeued, redelivered, renotified)
     watcher.start()
     if config.metrics.enabled:
         collector = NodeCollector(db, config.storage.path)

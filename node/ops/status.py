@@ -19,6 +19,7 @@ from node.db import (
     Instance,
     Job,
     JobState,
+    Notification,
     Purge,
     Result,
     Series,
@@ -55,11 +56,14 @@ class StudyFilter:
     study_uid: str | None = None
     failed: bool = False  # only studies with a failed job or a failed delivery
     since: datetime | None = None  # only studies that received an instance since then
+    job_id: int | None = None  # only the study of this job (its deliveries and notifications)
 
     def query(self) -> Select[Study]:
         query = select(Study).order_by(Study.first_received_at.desc()).limit(self.limit)
         if self.study_uid:
             query = query.where(Study.study_instance_uid == self.study_uid)
+        if self.job_id is not None:
+            query = query.where(Study.id.in_(select(Series.study_id).join(Job).where(Job.id == self.job_id)))
         if self.since is not None:
             query = query.where(
                 Study.id.in_(select(Series.study_id).where(Series.last_received_at >= self.since))
@@ -83,7 +87,8 @@ def recent_studies(session: Session, selection: StudyFilter) -> list[Study]:
                 selectinload(Study.series)
                 .selectinload(Series.jobs)
                 .selectinload(Job.results)
-                .selectinload(Result.deliveries)
+                .selectinload(Result.deliveries),
+                selectinload(Study.series).selectinload(Series.jobs).selectinload(Job.notifications),
             )
         ).all()
     )
@@ -115,6 +120,18 @@ def _duration(job: Job) -> str:
     if job.started_at and job.finished_at:
         return f" in {(job.finished_at - job.started_at).total_seconds():.1f} s"
     return ""
+
+
+def _notification_line(notification: Notification) -> str:
+    """``notify CHANNEL EVENT STATE after N attempt(s)``, with the error and when it was sent or is next."""
+    detail = f": {notification.last_error}" if notification.last_error else ""
+    return (
+        f"      notify {notification.channel} {notification.event.value}  {notification.state.value}"
+        f" after {notification.attempts} attempt(s){detail}"
+        + (f" at {_when(notification.sent_at)}" if notification.sent_at else "")
+        + (f"; next attempt {_when(notification.next_attempt_at)}"
+           if notification.state is DeliveryState.RETRYING and notification.next_attempt_at else "")
+    )
 
 
 def render_status(db: Database, selection: StudyFilter | None = None) -> str:
@@ -154,6 +171,7 @@ def render_status(db: Database, selection: StudyFilter | None = None) -> str:
                         + (f" on {job.worker}" if job.worker else "")
                         + reason
                     )
+                    lines.extend(_notification_line(notification) for notification in job.notifications)
                     for result in job.results:
                         lines.append(f"      {result.kind:3} {result.sop_instance_uid}")
                         for delivery in result.deliveries:

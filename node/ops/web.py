@@ -189,12 +189,15 @@ def _study_row(study: Study, series: Series, job: Job | None, instances: int, pu
         cells = f"<td>-</td><td>{_state(series.state.value)}</td><td></td><td></td>"
     else:
         reason = f'<br><span class="muted">{_e(job.reason)}</span>' if job.reason else ""
-        deliveries = "<br>".join(
-            f"{_e(r.kind)} → {_e(d.destination)}: {_state(d.state.value)}"
-            f" ({d.attempts} attempt(s)){': ' + _e(d.last_error) if d.last_error else ''}"
-            for r in job.results
-            for d in r.deliveries
-        )
+        deliveries = "<br>".join([
+            *(f"{_e(r.kind)} → {_e(d.destination)}: {_state(d.state.value)}"
+              f" ({d.attempts} attempt(s)){': ' + _e(d.last_error) if d.last_error else ''}"
+              for r in job.results
+              for d in r.deliveries),
+            *(f"notify {_e(n.channel)} {_e(n.event.value)}: {_state(n.state.value)}"
+              f" ({n.attempts} attempt(s)){': ' + _e(n.last_error) if n.last_error else ''}"
+              for n in job.notifications),
+        ])
         cells = (
             f"<td>#{job.id} {_e(job.pipeline)}</td><td>{_state(job.state.value)}{reason}</td>"
             f"<td>{_e(job.worker)}</td><td>{deliveries}</td>"

@@ -17,7 +17,8 @@
 // Answer: { "steps": [ { name, url, screenshot, stepScreenshots, viewportScreenshot, viewport, colorCounts,
 //                        innerText, svgText, svgTextBoxes, toasts, pageErrors, caughtErrors, console,
 //                        failedRequests, displaySets,
-//                        measurements, segmentations, waitedFor, timedOut, unclicked, seconds } ] }
+//                        measurements, segmentations, annotations, waitedFor, timedOut, unclicked,
+//                        seconds } ] }
 // Each step gets a fresh page in one browser context (the bundles stay in its cache).
 import fs from 'node:fs';
 import path from 'node:path';
@@ -56,7 +57,14 @@ function ohifState() {
     segments: Object.values(s.segments ?? {}).filter(Boolean).map(g => ({
       segmentIndex: g.segmentIndex ?? null, label: g.label ?? null })),
   }));
-  return { displaySets, measurements, segmentations };
+  // what cornerstone draws: each annotation's tool, image and points (patient mm), e.g. an SR's regions
+  const annotations = (window.cornerstoneTools?.annotation?.state?.getAllAnnotations?.() ?? []).map(a => ({
+    toolName: a.metadata?.toolName ?? null, referencedImageId: a.metadata?.referencedImageId ?? null,
+    trackingUID: a.data?.TrackingUniqueIdentifier ?? null,
+    points: (a.data?.handles?.points ?? []).map(p => Array.from(p)),
+    polylines: Object.values(a.data?.renderableData ?? {}).flat().map(line => Array.from(line, p => Array.from(p))),
+  }));
+  return { displaySets, measurements, segmentations, annotations };
 }
 
 // Each annotation text box and how much of it lies on its viewport (1: all of it, 0: off screen):

@@ -1,0 +1,1 @@
+"""Notifications: job events told to webhooks, through an outbox table (``Notification`` rows)."""
