@@ -12,7 +12,8 @@
 //                  "arrowSteps": 3,  // press the viewport's next-measurement arrow, reading the image
 //                  "openPanels": ["trackedMeasurements-btn"],  // data-cy of side panel tabs to open
 //                  "colors": [[128, 174, 128]], "tolerance": 24,  // pixels of each colour in the viewport
-//                  "timeoutMs": 60000, "expectWithinMs": 20000, "settleMs": 1500 } ] }
+//                  "timeoutMs": 60000, "expectWithinMs": 20000, "settleMs": 1500,
+//                  "clickTimeoutMs": 20000 } ] }
 //
 // Answer: { "steps": [ { name, url, screenshot, stepScreenshots, viewportScreenshot, viewport, colorCounts,
 //                        innerText, svgText, svgTextBoxes, toasts, pageErrors, caughtErrors, console,
@@ -245,15 +246,18 @@ async function runStep(context, step) {
         log(`${step.name}: not all of ${JSON.stringify(step.expect)} shown: ${error.message.split('\n')[0]}`);
       }
     }
+    // a click waits for its target as long as a radiologist would on a busy workstation: the test
+    // runs beside other tests (scripts/test.sh), and a segment's row can take seconds to become clickable
+    const clickTimeoutMs = step.clickTimeoutMs ?? 20000;
     for (const text of step.clickTexts ?? []) {  // e.g. a segment in the panel: jumps to its centre
-      await page.getByText(text, { exact: true }).last().click({ timeout: 5000 })
+      await page.getByText(text, { exact: true }).last().click({ timeout: clickTimeoutMs })
         .then(() => log(`${step.name}: clicked text "${text}"`))
         .catch(e => pageErrors.push(`[harness] click text ${text}: ${e.message.split('\n')[0]}`));
     }
     await page.waitForTimeout(step.settleMs ?? 1500);  // rendering after the last text appeared
     mark('settled');
     for (const cy of step.openPanels ?? []) {  // e.g. the measurements panel, closed in /viewer
-      await page.locator(`[data-cy="${cy}"]`).first().click({ timeout: 5000 })
+      await page.locator(`[data-cy="${cy}"]`).first().click({ timeout: clickTimeoutMs })
         .then(() => page.waitForTimeout(1000))
         .catch(e => pageErrors.push(`[harness] open panel ${cy}: ${e.message.split('\n')[0]}`));
     }
